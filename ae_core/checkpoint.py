@@ -1,0 +1,130 @@
+"""Save and restore a whole detector as a versioned structure, never as a pickled object.
+
+File layout: the 8-byte magic ``AEWCKPT1``, the SHA-256 of the payload (32 bytes), then the
+payload: a ``torch.save`` of plain dicts, lists, numbers, strings and tensors. Loading checks the
+magic (a foreign file is refused), the digest (a corrupt or truncated file is refused), and
+reads the payload with ``torch.load(weights_only=True)``, which cannot run arbitrary code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ae_core.config import DetectorConfig
+from ae_core.detector import AutoencoderDetector
+from ae_core.errors import AECoreError, CheckpointError
+
+MAGIC = b"AEWCKPT1"
+FORMAT = "ae-worker/detector"
+VERSION = 1
+
+
+def detector_state(det: AutoencoderDetector) -> dict[str, Any]:
+    t = torch.from_numpy
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "config": det.config.to_dict(),
+        "module": det.module.state_dict(),
+        "optimizer": det.optimizer.state_dict(),
+        "torch_rng": det._torch_rng.get_state(),
+        "numpy_rng": det._rng.bit_generator.state,
+        "scaler": {k: t(np.atleast_1d(np.asarray(v, dtype=np.float64))) for k, v in det.scaler.state().items()},
+        "threshold": det.threshold.state(),
+        "windows": {k: t(v) for k, v in det.windows.history.items()},
+        "memory": t(det.memory[: min(det.memory_count, det.config.memory_size)].copy()),
+        "memory_count": det.memory_count,
+        "pending_x": t(det.pending_x.copy()),
+        "pending_score": t(det.pending_score.copy()),
+        "pending_flag": t(det.pending_flag.copy()),
+        "smoothed": dict(det.smoothed),
+        "events_seen": det.events_seen,
+        "batches_learned": det.batches_learned,
+        "last_loss": det.last_loss,
+    }
+
+
+def restore_detector(state: dict[str, Any]) -> AutoencoderDetector:
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError("not an ae-worker detector checkpoint")
+    if state.get("version") != VERSION:
+        raise CheckpointError(f"checkpoint version {state.get('version')!r} is not supported (expected {VERSION})")
+    try:
+        det = AutoencoderDetector(DetectorConfig.from_dict(state["config"]))
+        det.module.load_state_dict(state["module"])
+        det.optimizer.load_state_dict(state["optimizer"])
+        det._torch_rng.set_state(state["torch_rng"])
+        det._rng.bit_generator.state = state["numpy_rng"]
+        scaler = {k: v.numpy() for k, v in state["scaler"].items()}
+        scaler["n"] = float(scaler["n"][0])
+        det.scaler.load_state(scaler)
+        det.threshold.load_state(state["threshold"])
+        det.windows.history = {str(k): v.numpy().copy() for k, v in state["windows"].items()}
+        memory = state["memory"].numpy()
+        det.memory[: len(memory)] = memory
+        det.memory_count = int(state["memory_count"])
+        det.pending_x = state["pending_x"].numpy().copy()
+        det.pending_score = state["pending_score"].numpy().copy()
+        det.pending_flag = state["pending_flag"].numpy().copy()
+        det.smoothed = {str(k): float(v) for k, v in state["smoothed"].items()}
+        det.events_seen = int(state["events_seen"])
+        det.batches_learned = int(state["batches_learned"])
+        det.last_loss = state["last_loss"]
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, AECoreError) as exc:
+        raise CheckpointError(f"checkpoint is inconsistent: {type(exc).__name__}: {exc}") from exc
+    return det
+
+
+def dumps(det: AutoencoderDetector) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(detector_state(det), buffer)
+    payload = buffer.getvalue()
+    return MAGIC + hashlib.sha256(payload).digest() + payload
+
+
+def loads(blob: bytes) -> AutoencoderDetector:
+    if not blob.startswith(MAGIC):
+        raise CheckpointError("not an ae-worker detector checkpoint (bad magic bytes)")
+    digest, payload = blob[len(MAGIC): len(MAGIC) + 32], blob[len(MAGIC) + 32:]
+    if hashlib.sha256(payload).digest() != digest:
+        raise CheckpointError("checkpoint is corrupt or truncated (checksum mismatch)")
+    try:
+        state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a bad archive; all mean the same here
+        raise CheckpointError(f"checkpoint payload is unreadable: {exc}") from exc
+    return restore_detector(state)
+
+
+def save_detector(det: AutoencoderDetector, path: str | os.PathLike[str]) -> None:
+    """Write atomically: a crash mid-write leaves the previous checkpoint in place."""
+    target = Path(path)
+    blob = dumps(det)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(blob)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_detector(path: str | os.PathLike[str]) -> AutoencoderDetector:
+    try:
+        blob = Path(path).read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+    try:
+        return loads(blob)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc

@@ -1,0 +1,43 @@
+"""The autoencoder architecture, and nothing else: no training, no scoring."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Autoencoder(nn.Module):
+    """Symmetric feed-forward autoencoder ``n -> hidden... -> q -> ...hidden -> n``.
+
+    Hidden layers use ReLU; the bottleneck is linear. The decoder ends in raw logits when
+    ``output='sigmoid'`` (the loss applies the sigmoid stably) and :meth:`reconstruct` maps them
+    to [0, 1]; with ``output='identity'`` the last layer is linear. No BatchNorm, so a batch may
+    hold a single event.
+    """
+
+    def __init__(self, n_features: int, hidden: tuple[int, ...], bottleneck: int, output: str) -> None:
+        super().__init__()
+        self.output = output
+        widths = [n_features, *hidden, bottleneck]
+        self.encoder = _stack(widths, last_activation=False)
+        self.decoder = _stack(widths[::-1], last_activation=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Decoder output before the output activation."""
+        return self.decoder(self.encoder(x))
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.forward(x)
+        return torch.sigmoid(out) if self.output == "sigmoid" else out
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)
+
+
+def _stack(widths: list[int], last_activation: bool) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(widths) - 2 or last_activation:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)

@@ -1,0 +1,65 @@
+"""Online feature scaling learned from the stream, a mini-batch at a time."""
+
+from __future__ import annotations
+
+import numpy as np
+
+_TINY = 1e-12
+
+
+class OnlineScaler:
+    """Per-feature scaling whose statistics grow with every learned mini-batch.
+
+    ``standard``: ``(x - mean) / std`` with the running mean and sample variance of each
+    feature, updated exactly as :meth:`river.stats.Var.update_many` does (Welford/Chan), but
+    for all features in one numpy operation (``tests/test_scaling.py`` checks they agree).
+    ``minmax``: ``(x - min) / (max - min)`` clipped to [0, 1], as the sigmoid output needs.
+
+    Before any data, and for a constant feature, the spread counts as 1, so a value never
+    divides by zero and an unseen value stays finite.
+    """
+
+    def __init__(self, n_features: int, kind: str) -> None:
+        self.kind = kind
+        self.n = 0.0
+        self.mean = np.zeros(n_features)
+        self.m2 = np.zeros(n_features)
+        self.low = np.full(n_features, np.inf)
+        self.high = np.full(n_features, -np.inf)
+
+    def learn_many(self, X: np.ndarray) -> None:
+        if len(X) == 0:
+            return
+        if self.kind == "minmax":
+            self.low = np.minimum(self.low, X.min(axis=0))
+            self.high = np.maximum(self.high, X.max(axis=0))
+        old_mean = self.mean
+        self.n += len(X)
+        self.mean = old_mean + (X - old_mean).sum(axis=0) / self.n
+        self.m2 = self.m2 + ((X - old_mean) * (X - self.mean)).sum(axis=0)
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        if self.kind == "minmax":
+            if self.n == 0:
+                return np.clip(X, 0.0, 1.0)
+            span = self.high - self.low
+            span = np.where(span > _TINY, span, 1.0)
+            return np.clip((X - self.low) / span, 0.0, 1.0)
+        return (X - self.mean) / self.std
+
+    @property
+    def std(self) -> np.ndarray:
+        var = self.m2 / (self.n - 1) if self.n > 1 else np.ones_like(self.m2)
+        std = np.sqrt(np.maximum(var, 0.0))
+        return np.where(std > _TINY, std, 1.0)
+
+    def state(self) -> dict[str, object]:
+        return {"n": self.n, "mean": self.mean, "m2": self.m2, "low": self.low, "high": self.high}
+
+    def load_state(self, state: dict[str, object]) -> None:
+        self.n = float(state["n"])  # type: ignore[arg-type]
+        for name in ("mean", "m2", "low", "high"):
+            value = np.asarray(state[name], dtype=np.float64)
+            if value.shape != self.mean.shape:
+                raise ValueError(f"scaler.{name} has shape {value.shape}, expected {self.mean.shape}")
+            setattr(self, name, value)

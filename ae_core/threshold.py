@@ -1,0 +1,68 @@
+"""Adaptive threshold on the anomaly-score stream, built on :class:`river.stats.Var`."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+import numpy as np
+from river import stats
+
+_EPS = 1e-12
+
+
+class AdaptiveThreshold:
+    """Rolling ``exp(mean + k * std)`` of the log-scores of recent normal events.
+
+    Reconstruction errors are positive and right-skewed; their logarithm is close to normal, so
+    ``mean + k * std`` on the log scale behaves like a high quantile whose level ``k`` sets, while
+    reacting to one extreme score far less than a plain standard deviation would. The statistics
+    are a :class:`river.stats.Var` per mini-batch, merged with river's ``+`` and ``-`` over the
+    last ``window_batches`` mini-batches, so the threshold follows slow drift and forgets the
+    untrained model's first scores. :meth:`get` returns ``None`` until two scores were seen.
+    """
+
+    def __init__(self, k: float, window_batches: int) -> None:
+        self.k = k
+        self.window_batches = window_batches
+        self._batches: deque[stats.Var] = deque()
+        self._total = stats.Var()
+        self._since_rebuild = 0
+
+    def update_many(self, scores: np.ndarray) -> None:
+        if len(scores) == 0:
+            return
+        batch = stats.Var()
+        batch.update_many(np.log(np.asarray(scores, dtype=np.float64) + _EPS))
+        self._batches.append(batch)
+        self._total += batch
+        if len(self._batches) > self.window_batches:
+            self._total -= self._batches.popleft()
+        self._since_rebuild += 1
+        if self._since_rebuild >= self.window_batches:
+            self._rebuild()
+
+    def _rebuild(self) -> None:
+        # Merging then un-merging summaries leaks rounding error; start over once per window.
+        total = stats.Var()
+        for batch in self._batches:
+            total += batch
+        self._total = total
+        self._since_rebuild = 0
+
+    @property
+    def n(self) -> float:
+        return self._total.mean.n
+
+    def get(self) -> float | None:
+        if self.n < 2:
+            return None
+        log_threshold = self._total.mean.get() + self.k * math.sqrt(max(self._total.get(), 0.0))
+        return math.exp(log_threshold) - _EPS
+
+    def state(self) -> list[list[float]]:
+        return [[b.mean.n, b.mean.get(), b.get()] for b in self._batches]
+
+    def load_state(self, batches: list[list[float]]) -> None:
+        self._batches = deque(stats.Var._from_state(n, m, v) for n, m, v in batches)
+        self._rebuild()

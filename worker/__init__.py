@@ -1,0 +1,1 @@
+"""ae-worker: the streaming anomaly-detection service around :mod:`ae_core`."""

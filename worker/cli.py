@@ -1,0 +1,99 @@
+"""The ``ae-worker`` command line: settings are read here, once, and passed down."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ae_core import AECoreError, load_detector, save_detector
+from worker.errors import WorkerError
+from worker.logs import configure_logging
+from worker.settings import DetectorSettings, Settings, load_settings
+
+logger = logging.getLogger(__name__)
+
+INPUT_FLAGS = ("sep", "time_column", "key_column", "label_column", "ignore_columns")
+
+
+def add_input_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("reading the recording")
+    group.add_argument("--sep", help="CSV separator (default ',')")
+    group.add_argument("--time-column", help="column with the event time (copied to the output)")
+    group.add_argument("--key-column", help="column with the device id (separate windows and smoothing)")
+    group.add_argument("--label-column", help="column with 0/1 labels (never fed to the model)")
+    group.add_argument("--ignore-columns", help="comma-separated columns to leave out (names may hold spaces)")
+
+
+def add_detector_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per detector setting, generated from the settings model so the two never drift."""
+    group = parser.add_argument_group("detector (env AE_DETECTOR__<NAME>)")
+    for name, info in DetectorSettings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        if info.annotation is bool:
+            group.add_argument(flag, dest=f"detector_{name}", action=argparse.BooleanOptionalAction,
+                               default=None, help=info.description)
+        else:
+            group.add_argument(flag, dest=f"detector_{name}", metavar=name.upper(), help=info.description)
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    detector = {k.removeprefix("detector_"): v for k, v in vars(args).items()
+                if k.startswith("detector_") and v is not None}
+    inputs = {k: getattr(args, k) for k in INPUT_FLAGS if getattr(args, k, None) is not None}
+    overrides: dict[str, Any] = {"detector": detector, "input": inputs}
+    if getattr(args, "log_level", None):
+        overrides["log_level"] = args.log_level
+    return load_settings(**overrides)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ae-worker", description="Streaming autoencoder anomaly detection.")
+    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    replay = sub.add_parser("replay", help="replay a recording through a fresh detector")
+    replay.add_argument("input", nargs="?", help="CSV or JSONL recording (default: a simulated one)")
+    replay.add_argument("--output", "-o", default="-", help="JSON lines output ('-' = stdout)")
+    replay.add_argument("--errors", help="where invalid rows go (default: OUTPUT.errors.jsonl, or stderr)")
+    replay.add_argument("--emit-latent", action="store_true", help="add the bottleneck code to each line")
+    replay.add_argument("--load-checkpoint", help="start from a saved detector instead of a fresh one")
+    replay.add_argument("--save-checkpoint", help="save the detector after the replay")
+    add_input_flags(replay)
+    add_detector_flags(replay)
+
+    evaluate = sub.add_parser("evaluate", help="replay a labelled recording and report detection quality")
+    evaluate.add_argument("input")
+    evaluate.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    evaluate.add_argument("--plot", help="draw score, threshold, labels and flags to this PNG")
+    add_input_flags(evaluate)
+    add_detector_flags(evaluate)
+
+    simulate = sub.add_parser("simulate", help="write a simulated sensor recording with labelled anomalies")
+    simulate.add_argument("--output", "-o", required=True)
+    simulate.add_argument("--events", type=int, default=20_000)
+    simulate.add_argument("--features", type=int, default=8)
+    simulate.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = settings_from_args(args)
+        configure_logging(settings.log_level, settings.log_json)
+        from worker import commands
+
+        return int(getattr(commands, args.command)(args, settings) or 0)
+    except (WorkerError, AECoreError) as exc:
+        print(f"ae-worker: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""What each ``ae-worker`` sub-command does, given parsed flags and settings."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+from pathlib import Path
+
+import orjson
+
+from ae_core import load_detector, save_detector
+from worker.evaluation import evaluate as quality
+from worker.pipeline import Replay, Trace
+from worker.plotting import plot_replay
+from worker.settings import Settings
+from worker.simulate import simulate as make_recording
+from worker.simulate import write_recording
+from worker.sinks import JsonLinesSink, NullSink
+from worker.sources import InputOptions, Recording
+
+logger = logging.getLogger(__name__)
+
+DEMO_EVENTS = 20_000
+
+
+def input_options(settings: Settings) -> InputOptions:
+    i = settings.input
+    return InputOptions(sep=i.sep, time_column=i.time_column, key_column=i.key_column,
+                        label_column=i.label_column, ignore_columns=i.ignore_columns)
+
+
+def replay(args: argparse.Namespace, settings: Settings) -> int:
+    with tempfile.TemporaryDirectory(prefix="ae-worker-demo-") as tmp:
+        if args.input is None:
+            args.input, settings = _demo_recording(Path(tmp), settings)
+        recording = Recording(args.input, input_options(settings))
+        errors_path = args.errors or (f"{args.output}.errors.jsonl" if args.output != "-" else "-")
+        pipeline = Replay(settings.detector, JsonLinesSink(args.output), JsonLinesSink(errors_path, sys.stderr),
+                          emit_latent=args.emit_latent, progress=sys.stderr.isatty(),
+                          initial=load_detector(args.load_checkpoint) if args.load_checkpoint else None)
+        summary = pipeline.run(recording)
+    text = summary.render()
+    if args.save_checkpoint and pipeline.detector is not None:
+        save_detector(pipeline.detector, args.save_checkpoint)
+        text += f"\ncheckpoint: {args.save_checkpoint}"
+    print(text, file=sys.stderr if args.output == "-" else sys.stdout)
+    return 0
+
+
+def _demo_recording(folder: Path, settings: Settings) -> tuple[str, Settings]:
+    path = folder / "simulated.csv"
+    X, labels, injected = make_recording(DEMO_EVENTS, 8, seed=0)
+    write_recording(path, X, labels)
+    print(f"no INPUT given: replaying a simulated recording of {DEMO_EVENTS} events, 8 channels, "
+          f"{len(injected)} injected anomalies ({', '.join(sorted({i.kind for i in injected}))})",
+          file=sys.stderr)
+    inputs = settings.input.model_copy(update={"time_column": "timestamp", "label_column": "anomaly"})
+    return str(path), settings.model_copy(update={"input": inputs})
+
+
+def evaluate(args: argparse.Namespace, settings: Settings) -> int:
+    if not settings.input.label_column:
+        print("ae-worker: error: evaluate needs --label-column", file=sys.stderr)
+        return 2
+    recording = Recording(args.input, input_options(settings))
+    trace = Trace()
+    summary = Replay(settings.detector, NullSink(), NullSink(), trace=trace).run(recording)
+    t = trace.arrays()
+    judged = t["index"] >= settings.detector.warmup
+    metrics = quality(t["labels"][judged], t["flags"][judged], t["score"][judged])
+    metrics.update(rows=summary.rows, invalid=summary.invalid, judged_from=settings.detector.warmup)
+    if args.plot:
+        plot_replay(args.plot, t["index"], t["score"], t["threshold"], t["flags"].astype(bool), t["labels"],
+                    title=Path(args.input).name)
+    if args.json:
+        print(orjson.dumps(metrics, option=orjson.OPT_SERIALIZE_NUMPY).decode())
+        return 0
+    print(f"{Path(args.input).name}: {metrics['events']} judged rows (from row {metrics['judged_from']}), "
+          f"{metrics['positives']} labelled anomalous, {summary.invalid} invalid")
+    for name in ("precision", "recall", "f1", "far", "mar", "auc_pr", "roc_auc"):
+        print(f"  {name:<9} {metrics[name]:.4f}")
+    print(f"  tp {metrics['tp']}  fp {metrics['fp']}  fn {metrics['fn']}  tn {metrics['tn']}")
+    if args.plot:
+        print(f"plot: {args.plot}")
+    return 0
+
+
+def simulate(args: argparse.Namespace, settings: Settings) -> int:
+    X, labels, injected = make_recording(args.events, args.features, seed=args.seed)
+    write_recording(args.output, X, labels)
+    print(f"wrote {args.output}: {args.events} events, {args.features} channels, "
+          f"{int(labels.sum())} anomalous rows in {len(injected)} injected anomalies")
+    for item in injected:
+        print(f"  {item.kind:<19} rows {item.start}-{item.stop - 1}  {item.channel}")
+    return 0
+
+
+__all__ = ["evaluate", "replay", "simulate"]

@@ -1,0 +1,15 @@
+"""The one exception root of the worker service."""
+
+from __future__ import annotations
+
+
+class WorkerError(Exception):
+    """Base class of every error raised on purpose by :mod:`worker`."""
+
+
+class InputFormatError(WorkerError):
+    """A recording cannot be read at all (no header, unknown column, unsupported format)."""
+
+
+class SettingsError(WorkerError):
+    """A setting is invalid; the message names it as the user wrote it (env var or flag)."""

@@ -1,0 +1,105 @@
+"""The Kafka-free loop: recording -> batches -> detector -> sinks."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ae_core import AutoencoderDetector
+from worker.errors import InputFormatError
+from worker.results import RunSummary, result_records
+from worker.settings import DetectorSettings
+from worker.sinks import JsonLinesSink
+from worker.sources import Recording, RowBatch
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Trace:
+    """Per-row arrays kept for evaluation and plots (grows with the recording)."""
+
+    index: list[np.ndarray] = field(default_factory=list)
+    score: list[np.ndarray] = field(default_factory=list)
+    threshold: list[np.ndarray] = field(default_factory=list)
+    flags: list[np.ndarray] = field(default_factory=list)
+    labels: list[np.ndarray] = field(default_factory=list)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {name: np.concatenate(parts) if parts else np.empty(0) for name, parts in vars(self).items()}
+
+
+class Replay:
+    """Replays a recording through a fresh detector, writing one record per input row in order."""
+
+    def __init__(self, detector: DetectorSettings, sink: JsonLinesSink, errors: JsonLinesSink,
+                 emit_latent: bool = False, progress: bool = False, trace: Trace | None = None,
+                 initial: AutoencoderDetector | None = None) -> None:
+        self.detector_settings = detector
+        self.sink = sink
+        self.errors = errors
+        self.emit_latent = emit_latent
+        self.progress = progress
+        self.trace = trace
+        self.detector = initial
+
+    def run(self, recording: Recording) -> RunSummary:
+        channels = recording.channels
+        if self.detector is None:
+            self.detector = AutoencoderDetector(self.detector_settings.to_config(len(channels), channels))
+        elif self.detector.config.names != channels:
+            raise InputFormatError(f"{recording.path}: channels {', '.join(channels)} differ from the "
+                                   f"checkpoint's {', '.join(self.detector.config.names)}")
+        summary = RunSummary(output=self.sink.name, errors_output=self.errors.name)
+        started = time.perf_counter()
+        bar = _progress_bar(self.progress)
+        with self.sink, self.errors:
+            for batch in recording.batches():
+                self._process(batch, channels, summary)
+                if bar is not None:
+                    bar.update(len(batch.index) + len(batch.bad))
+        if bar is not None:
+            bar.close()
+        summary.seconds = time.perf_counter() - started
+        return summary
+
+    def _process(self, batch: RowBatch, channels: tuple[str, ...], summary: RunSummary) -> None:
+        assert self.detector is not None
+        res = self.detector.process_many(batch.values, batch.keys, latent=self.emit_latent)
+        records = result_records(res, channels)
+        for i, record in enumerate(records):
+            row = {"index": int(batch.index[i])}
+            if batch.times is not None:
+                row["time"] = batch.times[i]
+            if batch.keys is not None:
+                row["key"] = batch.keys[i]
+            if batch.labels is not None:
+                row["label"] = float(batch.labels[i])
+            row.update(record)
+            records[i] = row
+        invalid = [{"index": index, "invalid": reason, "raw": raw} for index, reason, raw in batch.bad]
+        for item in invalid:
+            summary.add_invalid(item["invalid"])
+        self.errors.write_many(invalid)
+        self.sink.write_many(sorted(records + [{"index": r["index"], "invalid": r["invalid"]} for r in invalid],
+                                    key=lambda r: r["index"]) if invalid else records)
+        summary.rows += len(records) + len(invalid)
+        summary.add(batch.index, res, channels)
+        if self.trace is not None:
+            self.trace.index.append(batch.index)
+            self.trace.score.append(res.score)
+            self.trace.threshold.append(res.threshold)
+            self.trace.flags.append(res.is_anomaly)
+            if batch.labels is not None:
+                self.trace.labels.append(batch.labels)
+
+
+def _progress_bar(enabled: bool):  # type: ignore[no-untyped-def]
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(unit=" rows", unit_scale=True, leave=False)

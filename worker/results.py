@@ -1,0 +1,102 @@
+"""Turning a detector's batch result into output records, and summarising a run."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ae_core import BatchResult
+
+
+def result_records(res: BatchResult, channels: tuple[str, ...]) -> list[dict[str, Any]]:
+    """One dict per event: score, threshold (None in warm-up), is_anomaly, contributions."""
+    names = np.asarray(channels, dtype=object)
+    top_names = names[res.top_channels].tolist()
+    shares = np.round(res.top_shares, 4).tolist()
+    scores, errors = res.score.tolist(), res.error.tolist()
+    thresholds = [None if math.isnan(t) else t for t in res.threshold.tolist()]
+    flags = res.is_anomaly.tolist()
+    latent = res.latent.tolist() if res.latent is not None else None
+    records = []
+    for i in range(len(scores)):
+        record = {
+            "score": scores[i],
+            "reconstruction_error": errors[i],
+            "threshold": thresholds[i],
+            "is_anomaly": flags[i],
+            "contributions": [{"channel": n, "share": s} for n, s in zip(top_names[i], shares[i])],
+        }
+        if latent is not None:
+            record["latent"] = latent[i]
+        records.append(record)
+    return records
+
+
+@dataclass
+class RunSummary:
+    """Counts of a run, and where the flagged events lie."""
+
+    rows: int = 0
+    scored: int = 0
+    invalid: int = 0
+    live: int = 0
+    anomalies: int = 0
+    segments: list[tuple[int, int]] = field(default_factory=list)
+    top_channels: Counter[str] = field(default_factory=Counter)
+    invalid_reasons: Counter[str] = field(default_factory=Counter)
+    seconds: float = 0.0
+    output: str = ""
+    errors_output: str = ""
+
+    def add(self, index: np.ndarray, res: BatchResult, channels: tuple[str, ...]) -> None:
+        self.scored += len(res)
+        self.live += int((~np.isnan(res.threshold)).sum())
+        flagged = index[res.is_anomaly]
+        self.anomalies += len(flagged)
+        for channel in res.top_channels[res.is_anomaly, 0].tolist():
+            self.top_channels[channels[channel]] += 1
+        for i in flagged.tolist():
+            if self.segments and self.segments[-1][1] == i - 1:
+                self.segments[-1] = (self.segments[-1][0], i)
+            else:
+                self.segments.append((i, i))
+
+    def add_invalid(self, reason: str) -> None:
+        self.invalid += 1
+        self.invalid_reasons[reason.split(":")[0]] += 1
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "rows": self.rows, "scored": self.scored, "invalid": self.invalid, "live": self.live,
+            "anomalies": self.anomalies, "anomaly_rate": self.anomalies / self.live if self.live else 0.0,
+            "segments": [list(s) for s in self.segments], "top_channels": dict(self.top_channels.most_common()),
+            "invalid_reasons": dict(self.invalid_reasons), "seconds": round(self.seconds, 3),
+            "events_per_second": round(self.rows / self.seconds) if self.seconds > 0 else None,
+            "output": self.output, "errors_output": self.errors_output,
+        }
+
+    def render(self) -> str:
+        d = self.as_dict()
+        lines = [
+            f"rows: {self.rows}  scored: {self.scored}  invalid: {self.invalid}  "
+            f"judged after warm-up: {self.live}",
+            f"anomalies: {self.anomalies} ({100 * d['anomaly_rate']:.2f}% of judged events) "
+            f"in {len(self.segments)} segment(s)",
+        ]
+        shown = ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b in self.segments[:12])
+        if self.segments:
+            more = f" (+{len(self.segments) - 12} more)" if len(self.segments) > 12 else ""
+            lines.append(f"flagged rows: {shown}{more}")
+        if self.top_channels:
+            lines.append("worst channel of flagged events: " + ", ".join(
+                f"{name} ({count})" for name, count in self.top_channels.most_common(5)))
+        if self.invalid_reasons:
+            lines.append("invalid rows: " + ", ".join(f"{r} ({n})" for r, n in self.invalid_reasons.most_common(5)))
+        lines.append(f"output: {self.output}" + (f"  invalid rows: {self.errors_output}" if self.invalid else ""))
+        if d["events_per_second"]:
+            lines.append(f"time: {self.seconds:.2f} s ({d['events_per_second']} rows/s)")
+        return "\n".join(lines)

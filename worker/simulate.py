@@ -1,0 +1,107 @@
+"""A realistic multivariate sensor recording with labelled injected anomalies."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+CHANNELS = ("pump_pressure", "flow_rate", "motor_current", "motor_temp",
+            "vibration_x", "vibration_y", "valve_position", "supply_voltage")
+KINDS = ("spike", "level_shift", "drift", "stuck", "broken_correlation")
+START = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+@dataclass(frozen=True)
+class Injected:
+    kind: str
+    start: int
+    stop: int
+    channel: str
+
+
+def channel_names(k: int) -> tuple[str, ...]:
+    return tuple(CHANNELS[i] if i < len(CHANNELS) else f"sensor_{i}" for i in range(k))
+
+
+def simulate(events: int, features: int, seed: int, anomaly_every: int = 700,
+             period: int = 720) -> tuple[np.ndarray, np.ndarray, list[Injected]]:
+    """Readings ``(events, features)``, 0/1 labels, and the injected anomalies.
+
+    Three latent drivers (a daily cycle of ``period`` events, a slow mean-reverting load, a fast
+    disturbance) mix into correlated channels with their own offsets, units and noise. From the
+    first 25% on, an anomaly of each kind in turn starts about every ``anomaly_every`` events.
+    """
+    rng = np.random.default_rng(seed)
+    t = np.arange(events)
+    cycle = np.sin(2 * np.pi * t / period)
+    load = _ar1(rng, events, 0.995, 0.1)
+    fast = _ar1(rng, events, 0.7, 0.5)
+    drivers = np.column_stack([cycle, load, fast])
+    mixing = rng.normal(0.0, 1.0, size=(3, features))
+    offsets = rng.uniform(1.0, 100.0, size=features)
+    scales = rng.uniform(0.05, 5.0, size=features)
+    signal = drivers @ mixing
+    X = offsets + scales * (signal + rng.normal(0.0, 0.15, size=(events, features)))
+    std = X[: events // 4].std(axis=0) + 1e-9
+    labels = np.zeros(events)
+    injected = []
+    position, n = events // 4, 0
+    while position < events - 50:
+        kind = KINDS[n % len(KINDS)]
+        channel = int(rng.integers(features))
+        length = {"spike": int(rng.integers(1, 4)), "level_shift": int(rng.integers(40, 120)),
+                  "drift": int(rng.integers(120, 300)), "stuck": int(rng.integers(60, 150)),
+                  "broken_correlation": int(rng.integers(60, 150))}[kind]
+        stop = min(events, position + length)
+        seg = slice(position, stop)
+        sign = rng.choice([-1.0, 1.0])
+        if kind == "spike":
+            X[seg, channel] += sign * rng.uniform(6.0, 10.0) * std[channel]
+        elif kind == "level_shift":
+            X[seg, channel] += sign * rng.uniform(3.0, 5.0) * std[channel]
+        elif kind == "drift":
+            X[seg, channel] += sign * np.linspace(0.5, 5.0, stop - position) * std[channel]
+        elif kind == "stuck":
+            X[seg, channel] = X[position, channel]
+        else:
+            base = offsets[channel]
+            X[seg, channel] = base - (X[seg, channel] - base)
+        labels[seg] = 1.0
+        injected.append(Injected(kind, position, stop, channel_names(features)[channel]))
+        position = stop + int(rng.integers(anomaly_every // 2, anomaly_every * 3 // 2))
+        n += 1
+    return X, labels, injected
+
+
+def _ar1(rng: np.random.Generator, n: int, phi: float, sigma: float) -> np.ndarray:
+    out = np.empty(n)
+    noise = rng.normal(0.0, sigma, size=n)
+    value = 0.0
+    for i in range(n):
+        value = phi * value + noise[i]
+        out[i] = value
+    return out
+
+
+def write_recording(path: str | Path, X: np.ndarray, labels: np.ndarray, every_seconds: float = 60.0) -> None:
+    """CSV (``timestamp``, channels, ``anomaly``) or JSON lines when the name ends in .jsonl."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    names = channel_names(X.shape[1])
+    stamps = [(START + timedelta(seconds=i * every_seconds)).isoformat() for i in range(len(X))]
+    rounded = np.round(X, 5).tolist()
+    if path.suffix.lower() in (".jsonl", ".ndjson"):
+        with path.open("wb") as fh:
+            for stamp, row, label in zip(stamps, rounded, labels.tolist()):
+                fh.write(orjson.dumps({"timestamp": stamp, **dict(zip(names, row)), "anomaly": int(label)}) + b"\n")
+        return
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["timestamp", *names, "anomaly"])
+        for stamp, row, label in zip(stamps, rounded, labels.tolist()):
+            writer.writerow([stamp, *row, int(label)])

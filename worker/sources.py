@@ -1,0 +1,175 @@
+"""Recordings (CSV or JSON lines) read as ordered batches of validated readings."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from worker.errors import InputFormatError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class InputOptions:
+    """How to read a recording; the same options wherever a recording is read."""
+
+    sep: str = ","
+    time_column: str | None = None
+    key_column: str | None = None
+    label_column: str | None = None
+    ignore_columns: tuple[str, ...] = ()
+    channels: tuple[str, ...] | None = None
+
+
+@dataclass
+class RowBatch:
+    """Consecutive rows of a recording: the good ones as numbers, the bad ones with a reason."""
+
+    index: np.ndarray
+    values: np.ndarray
+    times: list[Any] | None
+    keys: list[str] | None
+    labels: np.ndarray | None
+    bad: list[tuple[int, str, str]] = field(default_factory=list)
+
+
+def parse_reading(value: Any) -> float:
+    """A finite float, or ValueError saying why not."""
+    if isinstance(value, bool) or value is None or value == "":
+        raise ValueError("missing value" if value in (None, "") else f"not a number: {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"not a number: {value!r}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"not finite: {value!r}")
+    return number
+
+
+class Recording:
+    """Iterates a CSV or JSONL file in :class:`RowBatch` chunks, in file order.
+
+    The channels are every column except the time, key, label and ignored ones (or exactly
+    ``options.channels``). A row with a missing, non-numeric, NaN or infinite reading becomes a
+    ``bad`` entry with its reason and never reaches the detector.
+    """
+
+    def __init__(self, path: str | Path, options: InputOptions, chunk_size: int = 4096) -> None:
+        self.path = Path(path)
+        self.options = options
+        self.chunk_size = chunk_size
+        self.is_jsonl = self.path.suffix.lower() in (".jsonl", ".ndjson", ".json")
+        self.channels = self._discover_channels()
+
+    def _discover_channels(self) -> tuple[str, ...]:
+        header = self._header()
+        o = self.options
+        special = {o.time_column, o.key_column, o.label_column, *o.ignore_columns} - {None}
+        missing = sorted(name for name in special if name not in header)
+        if missing:
+            raise InputFormatError(f"{self.path}: no column named {missing[0]!r} (columns: {', '.join(header)})")
+        if o.channels is not None:
+            absent = [c for c in o.channels if c not in header]
+            if absent:
+                raise InputFormatError(f"{self.path}: no channel column {absent[0]!r}")
+            return o.channels
+        channels = tuple(name for name in header if name not in special)
+        if not channels:
+            raise InputFormatError(f"{self.path}: no reading columns left after time/key/label/ignored")
+        return channels
+
+    def _header(self) -> list[str]:
+        try:
+            with self.path.open(newline="", encoding="utf-8") as fh:
+                if self.is_jsonl:
+                    for line in fh:
+                        if line.strip():
+                            first = orjson.loads(line)
+                            if not isinstance(first, dict):
+                                raise InputFormatError(f"{self.path}: first line is not a JSON object")
+                            return list(first)
+                    raise InputFormatError(f"{self.path}: empty recording")
+                header = next(csv.reader(fh, delimiter=self.options.sep), None)
+        except (OSError, UnicodeDecodeError, orjson.JSONDecodeError) as exc:
+            raise InputFormatError(f"{self.path}: cannot read: {exc}") from exc
+        if not header:
+            raise InputFormatError(f"{self.path}: empty recording")
+        return [h.strip() for h in header]
+
+    def records(self) -> Iterator[tuple[int, dict[str, Any] | None, str]]:
+        """``(row index, field mapping or None if unparseable, raw text)`` in file order."""
+        with self.path.open(newline="", encoding="utf-8") as fh:
+            if self.is_jsonl:
+                index = 0
+                for line in fh:
+                    if not line.strip():
+                        continue
+                    try:
+                        obj = orjson.loads(line)
+                    except orjson.JSONDecodeError:
+                        obj = None
+                    yield index, obj if isinstance(obj, dict) else None, line.rstrip("\n")
+                    index += 1
+                return
+            reader = csv.reader(fh, delimiter=self.options.sep)
+            header = [h.strip() for h in next(reader)]
+            for index, row in enumerate(reader):
+                raw = self.options.sep.join(row)
+                yield index, dict(zip(header, row)) if len(row) == len(header) else None, raw
+
+    def batches(self) -> Iterator[RowBatch]:
+        chunk: list[tuple[int, dict[str, Any] | None, str]] = []
+        for record in self.records():
+            chunk.append(record)
+            if len(chunk) >= self.chunk_size:
+                yield self._to_batch(chunk)
+                chunk = []
+        if chunk:
+            yield self._to_batch(chunk)
+
+    def _to_batch(self, chunk: list[tuple[int, dict[str, Any] | None, str]]) -> RowBatch:
+        o = self.options
+        good_index, values, times, keys, labels, bad = [], [], [], [], [], []
+        for index, fields, raw in chunk:
+            if fields is None:
+                bad.append((index, "malformed row: cannot split into the header's columns", raw))
+                continue
+            try:
+                row = [_reading(fields, name) for name in self.channels]
+                label = _reading(fields, o.label_column) if o.label_column else None
+            except ValueError as exc:
+                bad.append((index, str(exc), raw))
+                continue
+            good_index.append(index)
+            values.append(row)
+            labels.append(label)
+            if o.time_column:
+                times.append(fields.get(o.time_column))
+            if o.key_column:
+                keys.append(str(fields.get(o.key_column)))
+        return RowBatch(
+            index=np.asarray(good_index, dtype=np.int64),
+            values=np.asarray(values, dtype=np.float64).reshape(len(values), len(self.channels)),
+            times=times if o.time_column else None,
+            keys=keys if o.key_column else None,
+            labels=np.asarray(labels, dtype=np.float64) if o.label_column else None,
+            bad=bad,
+        )
+
+
+def _reading(fields: dict[str, Any], name: str) -> float:
+    if name not in fields:
+        raise ValueError(f"missing field {name!r}")
+    try:
+        return parse_reading(fields[name])
+    except ValueError as exc:
+        raise ValueError(f"column {name!r}: {exc}") from None
