@@ -20,6 +20,7 @@ import torch
 
 from ae_core.config import DetectorConfig
 from ae_core.detector import AutoencoderDetector
+from ae_core.scaling import OnlineScaler
 from ae_core.errors import AECoreError, CheckpointError
 
 MAGIC = b"AEWCKPT1"
@@ -37,15 +38,17 @@ def detector_state(det: AutoencoderDetector) -> dict[str, Any]:
         "optimizer": det.optimizer.state_dict(),
         "torch_rng": det._torch_rng.get_state(),
         "numpy_rng": det._rng.bit_generator.state,
-        "scaler": {k: t(np.atleast_1d(np.asarray(v, dtype=np.float64))) for k, v in det.scaler.state().items()},
+        "scaler": _scaler_tensors(det.scaler),
         "threshold": det.threshold.state(),
         "windows": {k: t(v) for k, v in det.windows.history.items()},
         "memory": t(det.memory[: min(det.memory_count, det.config.memory_size)].copy()),
         "memory_count": det.memory_count,
         "pending_x": t(det.pending_x.copy()),
+        "pending_smoothed": t(det.pending_smoothed.copy()),
         "pending_score": t(det.pending_score.copy()),
         "pending_flag": t(det.pending_flag.copy()),
-        "smoothed": dict(det.smoothed),
+        "residual_ewma": {k: t(v.copy()) for k, v in det.scorer.state.items()},
+        "residual_stats": _scaler_tensors(det.scorer.normal),
         "events_seen": det.events_seen,
         "batches_learned": det.batches_learned,
         "last_loss": det.last_loss,
@@ -63,24 +66,34 @@ def restore_detector(state: dict[str, Any]) -> AutoencoderDetector:
         det.optimizer.load_state_dict(state["optimizer"])
         det._torch_rng.set_state(state["torch_rng"])
         det._rng.bit_generator.state = state["numpy_rng"]
-        scaler = {k: v.numpy() for k, v in state["scaler"].items()}
-        scaler["n"] = float(scaler["n"][0])
-        det.scaler.load_state(scaler)
+        det.scaler.load_state(_scaler_state(state["scaler"]))
         det.threshold.load_state(state["threshold"])
         det.windows.history = {str(k): v.numpy().copy() for k, v in state["windows"].items()}
         memory = state["memory"].numpy()
         det.memory[: len(memory)] = memory
         det.memory_count = int(state["memory_count"])
         det.pending_x = state["pending_x"].numpy().copy()
+        det.pending_smoothed = state["pending_smoothed"].numpy().copy()
         det.pending_score = state["pending_score"].numpy().copy()
         det.pending_flag = state["pending_flag"].numpy().copy()
-        det.smoothed = {str(k): float(v) for k, v in state["smoothed"].items()}
+        det.scorer.state = {str(k): v.numpy().copy() for k, v in state["residual_ewma"].items()}
+        det.scorer.normal.load_state(_scaler_state(state["residual_stats"]))
         det.events_seen = int(state["events_seen"])
         det.batches_learned = int(state["batches_learned"])
         det.last_loss = state["last_loss"]
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, AECoreError) as exc:
         raise CheckpointError(f"checkpoint is inconsistent: {type(exc).__name__}: {exc}") from exc
     return det
+
+
+def _scaler_tensors(scaler: OnlineScaler) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(np.atleast_1d(np.asarray(v, dtype=np.float64))) for k, v in scaler.state().items()}
+
+
+def _scaler_state(tensors: dict[str, torch.Tensor]) -> dict[str, object]:
+    state: dict[str, object] = {k: v.numpy() for k, v in tensors.items()}
+    state["n"] = float(tensors["n"][0])
+    return state
 
 
 def dumps(det: AutoencoderDetector) -> bytes:

@@ -40,6 +40,7 @@ class DetectorConfig:
     # online learning
     batch_size: int = 64
     learn_steps: int = 2
+    fit_steps: int = 256
     memory_size: int = 1024
     scaling: Scaling | None = None
     learn_on_anomalies: bool = False
@@ -59,6 +60,7 @@ class DetectorConfig:
         _positive("top_k", self.top_k)
         _at_least("warmup", self.warmup, 0)
         _at_least("memory_size", self.memory_size, 0)
+        _at_least("fit_steps", self.fit_steps, 0)
         _at_least("penalty_weight", self.penalty_weight, 0.0)
         _at_least("denoise_sigma", self.denoise_sigma, 0.0)
         if not self.learning_rate > 0:

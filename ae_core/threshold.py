@@ -8,15 +8,14 @@ from collections import deque
 import numpy as np
 from river import stats
 
-_EPS = 1e-12
-
 
 class AdaptiveThreshold:
-    """Rolling ``exp(mean + k * std)`` of the log-scores of recent normal events.
+    """Rolling ``(mean + k * std) ** 3`` of the cube roots of recent normal events' scores.
 
-    Reconstruction errors are positive and right-skewed; their logarithm is close to normal, so
-    ``mean + k * std`` on the log scale behaves like a high quantile whose level ``k`` sets, while
-    reacting to one extreme score far less than a plain standard deviation would. The statistics
+    The score is a mean of squared standardised residuals, shaped like a scaled chi-square. Its
+    cube root is close to normal (Wilson-Hilferty), so ``mean + k * std`` on that scale behaves
+    like a high quantile whose level ``k`` sets (k=3: about 99.9%), without the plain score's
+    heavy right tail inflating the spread or a log's long left tail doing the same. The statistics
     are a :class:`river.stats.Var` per mini-batch, merged with river's ``+`` and ``-`` over the
     last ``window_batches`` mini-batches, so the threshold follows slow drift and forgets the
     untrained model's first scores. :meth:`get` returns ``None`` until two scores were seen.
@@ -33,7 +32,7 @@ class AdaptiveThreshold:
         if len(scores) == 0:
             return
         batch = stats.Var()
-        batch.update_many(np.log(np.asarray(scores, dtype=np.float64) + _EPS))
+        batch.update_many(np.cbrt(np.asarray(scores, dtype=np.float64)))
         self._batches.append(batch)
         self._total += batch
         if len(self._batches) > self.window_batches:
@@ -41,6 +40,10 @@ class AdaptiveThreshold:
         self._since_rebuild += 1
         if self._since_rebuild >= self.window_batches:
             self._rebuild()
+
+    def reset(self) -> None:
+        self._batches.clear()
+        self._rebuild()
 
     def _rebuild(self) -> None:
         # Merging then un-merging summaries leaks rounding error; start over once per window.
@@ -57,8 +60,8 @@ class AdaptiveThreshold:
     def get(self) -> float | None:
         if self.n < 2:
             return None
-        log_threshold = self._total.mean.get() + self.k * math.sqrt(max(self._total.get(), 0.0))
-        return math.exp(log_threshold) - _EPS
+        root = self._total.mean.get() + self.k * math.sqrt(max(self._total.get(), 0.0))
+        return max(root, 0.0) ** 3
 
     def state(self) -> list[list[float]]:
         return [[b.mean.n, b.mean.get(), b.get()] for b in self._batches]

@@ -34,6 +34,7 @@ class DetectorSettings(BaseModel):
     learning_rate: float = Field(3e-3, gt=0)
     batch_size: int = Field(64, ge=1, description="events per learning step")
     learn_steps: int = Field(2, ge=1, description="optimisation steps per mini-batch")
+    fit_steps: int = Field(256, ge=0, description="steps on the remembered warm-up events when warm-up ends")
     memory_size: int = Field(1024, ge=0, description="recent normal events rehearsed in later steps")
     scaling: Literal["minmax", "standard"] | None = None
     learn_on_anomalies: bool = False
