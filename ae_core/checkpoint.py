@@ -20,8 +20,8 @@ import torch
 
 from ae_core.config import DetectorConfig
 from ae_core.detector import AutoencoderDetector
-from ae_core.scaling import OnlineScaler
 from ae_core.errors import AECoreError, CheckpointError
+from ae_core.scaling import OnlineScaler
 
 MAGIC = b"AEWCKPT1"
 FORMAT = "ae-worker/detector"
@@ -49,6 +49,7 @@ def detector_state(det: AutoencoderDetector) -> dict[str, Any]:
         "pending_flag": t(det.pending_flag.copy()),
         "residual_ewma": {k: t(v.copy()) for k, v in det.scorer.state.items()},
         "residual_stats": _scaler_tensors(det.scorer.normal),
+        "recent_flags": [list(item) for item in det.recent_flags],
         "events_seen": det.events_seen,
         "batches_learned": det.batches_learned,
         "last_loss": det.last_loss,
@@ -78,6 +79,7 @@ def restore_detector(state: dict[str, Any]) -> AutoencoderDetector:
         det.pending_flag = state["pending_flag"].numpy().copy()
         det.scorer.state = {str(k): v.numpy().copy() for k, v in state["residual_ewma"].items()}
         det.scorer.normal.load_state(_scaler_state(state["residual_stats"]))
+        det.recent_flags.extend((int(n), int(f)) for n, f in state["recent_flags"])
         det.events_seen = int(state["events_seen"])
         det.batches_learned = int(state["batches_learned"])
         det.last_loss = state["last_loss"]

@@ -44,6 +44,7 @@ class DetectorConfig:
     memory_size: int = 1024
     scaling: Scaling | None = None
     learn_on_anomalies: bool = False
+    relearn_rate: float = 0.5
     # decision
     warmup: int = 256
     smoothing: float = 0.1
@@ -67,6 +68,8 @@ class DetectorConfig:
             raise ConfigError("learning_rate", f"must be > 0, got {self.learning_rate}")
         if not 0 < self.smoothing <= 1:
             raise ConfigError("smoothing", f"must be in (0, 1], got {self.smoothing}")
+        if not 0 < self.relearn_rate <= 1:
+            raise ConfigError("relearn_rate", f"must be in (0, 1], got {self.relearn_rate}")
         if not self.threshold_k > 0:
             raise ConfigError("threshold_k", f"must be > 0, got {self.threshold_k}")
         if self.threshold_window < self.batch_size:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import deque
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -90,6 +91,7 @@ class AutoencoderDetector:
         self.pending_smoothed = np.zeros((0, c.n_features))
         self.pending_score = np.zeros(0)
         self.pending_flag = np.zeros(0, dtype=bool)
+        self.recent_flags: deque[tuple[int, int]] = deque(maxlen=self.threshold.window_batches)
         self.events_seen = 0
         self.batches_learned = 0
         self.last_loss: float | None = None
@@ -153,7 +155,12 @@ class AutoencoderDetector:
     def _process_segment(self, X: np.ndarray, keys: np.ndarray | None, latent: bool) -> BatchResult:
         c = self.config
         codes = self.encode(X) if latent else None
-        residuals, ferr = self._reconstruct(X)
+        # Float32 kernels may round differently for different row counts; scoring every event
+        # at its fixed slot of a full batch-sized matrix makes results independent of the cuts.
+        offset = len(self.pending_score)
+        padded = np.zeros((c.batch_size, c.n_features))
+        padded[offset:offset + len(X)] = X
+        residuals, ferr = (a[offset:offset + len(X)] for a in self._reconstruct(padded))
         smoothed = self.scorer.smooth(residuals, keys)
         deviations = self.scorer.squared_deviations(smoothed)
         score = deviations.mean(axis=1)
@@ -176,10 +183,21 @@ class AutoencoderDetector:
         return BatchResult(score, ferr.mean(axis=1), threshold, flags, top, shares, codes)
 
     def _finish_batch(self) -> None:
-        keep = np.ones_like(self.pending_flag) if self.config.learn_on_anomalies else ~self.pending_flag
+        c = self.config
+        flagged, seen = int(self.pending_flag.sum()), len(self.pending_flag)
+        self.recent_flags.append((seen, flagged))
+        rate = sum(f for _, f in self.recent_flags) / sum(n for n, _ in self.recent_flags)
+        # Flagging most of the recent stream means the normal itself has moved (a new operating
+        # point, a recalibrated sensor): learn it rather than crying wolf for ever.
+        relearn = flagged > 0 and rate > c.relearn_rate
+        if relearn:
+            logger.info("anomaly rate %.2f over the last %d events exceeds relearn_rate %.2f: learning "
+                        "the flagged events as normal", rate, sum(n for n, _ in self.recent_flags), c.relearn_rate)
+        normal = np.ones_like(self.pending_flag) if c.learn_on_anomalies else ~self.pending_flag
+        keep = np.ones_like(self.pending_flag) if relearn else normal
         self._learn(self.pending_x[keep])
         self.scorer.learn_many(self.pending_smoothed[keep])
-        self.threshold.update_many(self.pending_score[keep])
+        self.threshold.update_many(self.pending_score[normal])
         self.pending_x = self.pending_x[:0]
         self.pending_smoothed = self.pending_smoothed[:0]
         self.pending_score = self.pending_score[:0]

@@ -57,7 +57,9 @@ def skab(data: Path, detector: DetectorSettings, with_hst: bool) -> dict[str, ob
     for path in sorted((data / "skab" / "valve1").glob("*.csv"), key=lambda p: int(p.stem)):
         t = replay(path, opts, det)
         judged = t["index"] >= 400
-        labels.append(t["labels"][judged]); flags.append(t["flags"][judged]); scores.append(t["score"][judged])
+        labels.append(t["labels"][judged])
+        flags.append(t["flags"][judged])
+        scores.append(t["score"][judged])
         if with_hst:
             hst.append(hst_scores(path, opts, 1)[judged])
     y, f = np.concatenate(labels), np.concatenate(flags)

@@ -5,13 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import tempfile
-from pathlib import Path
 from typing import Any
 
-import orjson
-
-from ae_core import AECoreError, load_detector, save_detector
+from ae_core import AECoreError
 from worker.errors import WorkerError
 from worker.logs import configure_logging
 from worker.settings import DetectorSettings, Settings, load_settings

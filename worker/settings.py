@@ -26,7 +26,8 @@ class DetectorSettings(BaseModel):
     window: int = Field(1, ge=1, description="sliding window W: the model sees the last W readings of a key")
     hidden: Annotated[tuple[int, ...], NoDecode] = Field((32, 16), description="hidden layer widths, encoder side")
     bottleneck: int | None = Field(None, ge=1, description="bottleneck width q < n (default about n/3)")
-    output_activation: Literal["sigmoid", "identity"] = Field("identity", description="sigmoid for [0,1] inputs (BCE), identity for unbounded (MSE)")
+    output_activation: Literal["sigmoid", "identity"] = Field(
+        "identity", description="sigmoid for [0,1] inputs (BCE), identity for unbounded (MSE)")
     loss: Literal["mse", "bce"] | None = None
     penalty: Literal["l2", "l1"] = "l2"
     penalty_weight: float = Field(1e-5, ge=0)
@@ -37,7 +38,9 @@ class DetectorSettings(BaseModel):
     fit_steps: int = Field(256, ge=0, description="steps on the remembered warm-up events when warm-up ends")
     memory_size: int = Field(1024, ge=0, description="recent normal events rehearsed in later steps")
     scaling: Literal["minmax", "standard"] | None = None
-    learn_on_anomalies: bool = False
+    learn_on_anomalies: bool = Field(False, description="also learn from flagged events")
+    relearn_rate: float = Field(0.5, gt=0, le=1, description="learn flagged events too once this share of "
+                                "the recent stream is flagged (1 = never)")
     warmup: int = Field(256, ge=0, description="events learned but never flagged at the start")
     smoothing: float = Field(0.1, gt=0, le=1, description="EMA factor of the score per key (1 = none)")
     threshold_k: float = Field(4.0, gt=0, description="threshold = exp(mean + k*std) of log-scores")

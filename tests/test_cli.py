@@ -1,0 +1,153 @@
+"""The ae-worker command line, run in-process: replay, evaluate, simulate, bad input, settings."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from worker.cli import main
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("rec") / "sensors.csv"
+    assert main(["simulate", "--output", str(path), "--events", "3000", "--seed", "1"]) == 0
+    return path
+
+
+def lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_simulate_writes_labelled_channels(recording: Path, capsys) -> None:
+    header = recording.read_text().splitlines()[0].split(",")
+    assert header[0] == "timestamp" and header[-1] == "anomaly" and len(header) == 10
+    rows = recording.read_text().splitlines()[1:]
+    assert len(rows) == 3000 and any(r.endswith(",1") for r in rows)
+
+
+def test_replay_writes_one_line_per_row_in_order(recording: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out.jsonl"
+    code = main(["replay", str(recording), "--output", str(out), "--time-column", "timestamp",
+                 "--label-column", "anomaly", "--warmup", "300", "--emit-latent"])
+    assert code == 0
+    rows = lines(out)
+    assert [r["index"] for r in rows] == list(range(3000))
+    first, last = rows[0], rows[-1]
+    assert first["threshold"] is None and first["is_anomaly"] is False
+    assert last["threshold"] > 0 and "anomaly" not in [c["channel"] for c in last["contributions"]]
+    assert {"index", "time", "label", "score", "threshold", "is_anomaly", "contributions", "latent"} <= set(last)
+    assert len(last["latent"]) == 3 and len(last["contributions"]) == 3
+    assert not any(r["is_anomaly"] for r in rows[:300])
+    summary = capsys.readouterr().out
+    assert "anomalies:" in summary and str(out) in summary
+
+
+def test_replay_to_stdout_puts_summary_on_stderr(recording: Path, capsys) -> None:
+    assert main(["replay", str(recording), "--ignore-columns", "timestamp,anomaly"]) == 0
+    captured = capsys.readouterr()
+    assert len(captured.out.splitlines()) == 3000
+    assert "anomalies:" in captured.err and "anomalies:" not in captured.out
+
+
+def test_bad_rows_are_reported_and_do_not_stop_the_run(tmp_path: Path, capsys) -> None:
+    good = [f"{i},{i % 7}.5,{(i * 3) % 11}.25,0" for i in range(400)]
+    bad = {50: "50,abc,1.0,0", 51: "51,,1.0,0", 52: "52,nan,1.0,0", 53: "53,inf,1.0,0", 54: "54,1.0"}
+    rows = [bad.get(i, row) for i, row in enumerate(good)]
+    src = tmp_path / "with spaces.csv"
+    src.write_text("t,temp a,press b,label\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "out.jsonl"
+    assert main(["replay", str(src), "-o", str(out), "--time-column", "t", "--label-column", "label"]) == 0
+    result = lines(out)
+    assert [r["index"] for r in result] == list(range(400))
+    reasons = {r["index"]: r["invalid"] for r in result if "invalid" in r}
+    assert sorted(reasons) == [50, 51, 52, 53, 54]
+    assert "not a number" in reasons[50] and "missing" in reasons[51]
+    assert "not finite" in reasons[52] and "not finite" in reasons[53] and "malformed" in reasons[54]
+    errors = lines(Path(f"{out}.errors.jsonl"))
+    assert [e["index"] for e in errors] == [50, 51, 52, 53, 54] and errors[0]["raw"] == "50,abc,1.0,0"
+    assert all(isinstance(r["score"], float) for r in result if "invalid" not in r)
+    assert "invalid: 5" in capsys.readouterr().out
+
+
+def test_evaluate_json_and_plot(recording: Path, tmp_path: Path, capsys) -> None:
+    png = tmp_path / "plot.png"
+    code = main(["evaluate", str(recording), "--label-column", "anomaly", "--time-column", "timestamp",
+                 "--warmup", "300", "--json", "--plot", str(png)])
+    assert code == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["events"] == 2700 and metrics["judged_from"] == 300
+    for name in ("precision", "recall", "f1", "far", "mar", "auc_pr"):
+        assert 0.0 <= metrics[name] <= 1.0
+    assert metrics["tp"] + metrics["fn"] == metrics["positives"] > 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_evaluate_text_report(recording: Path, capsys) -> None:
+    assert main(["evaluate", str(recording), "--label-column", "anomaly", "--time-column", "timestamp"]) == 0
+    out = capsys.readouterr().out
+    assert "auc_pr" in out and "far" in out and "mar" in out
+
+
+def test_checkpoint_save_and_resume(recording: Path, tmp_path: Path) -> None:
+    ckpt = tmp_path / "det.ckpt"
+    common = [str(recording), "--ignore-columns", "timestamp,anomaly"]
+    assert main(["replay", *common, "-o", str(tmp_path / "a.jsonl"), "--save-checkpoint", str(ckpt)]) == 0
+    assert main(["replay", *common, "-o", str(tmp_path / "b.jsonl"), "--load-checkpoint", str(ckpt)]) == 0
+    resumed = lines(tmp_path / "b.jsonl")
+    assert resumed[0]["threshold"] is not None  # no second warm-up
+
+
+def test_corrupt_checkpoint_is_refused_loudly(recording: Path, tmp_path: Path, capsys) -> None:
+    ckpt = tmp_path / "bad.ckpt"
+    ckpt.write_bytes(b"AEWCKPT1" + b"\0" * 40)
+    assert main(["replay", str(recording), "--load-checkpoint", str(ckpt)]) == 2
+    assert "corrupt" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("argv", "env", "named"), [
+    (["--bottleneck", "50"], {}, "AE_DETECTOR__BOTTLENECK"),
+    (["--smoothing", "0"], {}, "AE_DETECTOR__SMOOTHING"),
+    ([], {"AE_DETECTOR__THRESHOLD_K": "-1"}, "AE_DETECTOR__THRESHOLD_K"),
+    ([], {"AE_DETECTOR__OUTPUT_ACTIVATION": "tanh"}, "AE_DETECTOR__OUTPUT_ACTIVATION"),
+])
+def test_invalid_settings_fail_at_start_naming_the_setting(recording, monkeypatch, capsys, argv, env, named) -> None:
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert main(["replay", str(recording), *argv]) == 2
+    assert named in capsys.readouterr().err
+
+
+def test_environment_settings_apply_and_flags_override(recording: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("AE_DETECTOR__WARMUP", "1000")
+    monkeypatch.setenv("AE_INPUT__IGNORE_COLUMNS", "timestamp,anomaly")
+    out = tmp_path / "o.jsonl"
+    assert main(["replay", str(recording), "-o", str(out)]) == 0
+    assert lines(out)[999]["threshold"] is None and lines(out)[1000]["threshold"] is not None
+    assert main(["replay", str(recording), "-o", str(out), "--warmup", "100"]) == 0
+    assert lines(out)[100]["threshold"] is not None
+
+
+def test_unknown_column_is_a_clear_error(recording: Path, capsys) -> None:
+    assert main(["replay", str(recording), "--label-column", "nope"]) == 2
+    assert "no column named 'nope'" in capsys.readouterr().err
+
+
+def test_jsonl_recordings_and_sliding_window(tmp_path: Path) -> None:
+    src = tmp_path / "rec.jsonl"
+    assert main(["simulate", "-o", str(src), "--events", "600", "--features", "1"]) == 0
+    out = tmp_path / "o.jsonl"
+    assert main(["replay", str(src), "-o", str(out), "--time-column", "timestamp", "--label-column", "anomaly",
+                 "--window", "8", "--warmup", "200"]) == 0
+    rows = lines(out)
+    assert len(rows) == 600 and rows[-1]["contributions"][0]["channel"] == "pump_pressure"
+
+
+def test_default_replay_runs_on_the_embedded_recording(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "demo.jsonl"
+    assert main(["replay", "-o", str(out)]) == 0
+    assert len(lines(out)) == 20_000
+    captured = capsys.readouterr()
+    assert "simulated recording" in captured.err and "anomalies:" in captured.out

@@ -1,0 +1,84 @@
+"""The online statistics: scaler, threshold and sliding window."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from river import stats
+
+from ae_core.scaling import OnlineScaler
+from ae_core.threshold import AdaptiveThreshold
+from ae_core.windowing import SlidingWindow
+
+
+def test_standard_scaler_matches_river_var_per_feature() -> None:
+    rng = np.random.default_rng(0)
+    scaler = OnlineScaler(3, "standard")
+    reference = [stats.Var() for _ in range(3)]
+    for size in (1, 7, 50, 3):
+        X = rng.normal(5.0, 2.0, size=(size, 3))
+        scaler.learn_many(X)
+        for j, var in enumerate(reference):
+            var.update_many(X[:, j])
+    for j, var in enumerate(reference):
+        assert scaler.mean[j] == pytest.approx(var.mean.get())
+        assert scaler.std[j] == pytest.approx(var.get() ** 0.5)
+
+
+def test_constant_features_and_unseen_values_stay_finite() -> None:
+    for kind in ("standard", "minmax"):
+        scaler = OnlineScaler(2, kind)
+        assert np.isfinite(scaler.transform(np.array([[1e6, -3.0]]))).all()  # before any data
+        scaler.learn_many(np.array([[4.0, 1.0], [4.0, 2.0], [4.0, 3.0]]))
+        out = scaler.transform(np.array([[4.0, 2.0], [1e9, -1e9]]))
+        assert np.isfinite(out).all()
+
+
+def test_minmax_clips_to_unit_interval() -> None:
+    scaler = OnlineScaler(1, "minmax")
+    scaler.learn_many(np.array([[0.0], [10.0]]))
+    assert scaler.transform(np.array([[5.0], [20.0], [-5.0]])).ravel().tolist() == [0.5, 1.0, 0.0]
+
+
+def test_threshold_is_none_before_data_then_follows_the_formula() -> None:
+    th = AdaptiveThreshold(k=3.0, window_batches=10)
+    assert th.get() is None
+    th.update_many(np.array([8.0]))
+    assert th.get() is None
+    scores = np.array([1.0, 8.0, 27.0, 64.0])
+    th = AdaptiveThreshold(k=3.0, window_batches=10)
+    th.update_many(scores[:2])
+    th.update_many(scores[2:])
+    roots = np.cbrt(scores)
+    assert th.get() == pytest.approx((roots.mean() + 3.0 * roots.std(ddof=1)) ** 3)
+
+
+def test_threshold_forgets_batches_older_than_its_window() -> None:
+    th = AdaptiveThreshold(k=2.0, window_batches=2)
+    th.update_many(np.full(10, 1000.0))
+    th.update_many(np.array([1.0, 8.0]))
+    th.update_many(np.array([1.0, 8.0]))
+    roots = np.cbrt([1.0, 8.0, 1.0, 8.0])
+    assert th.get() == pytest.approx((roots.mean() + 2.0 * roots.std(ddof=1)) ** 3)
+    restored = AdaptiveThreshold(k=2.0, window_batches=2)
+    restored.load_state(th.state())
+    assert restored.get() == pytest.approx(th.get())
+
+
+def test_sliding_window_per_key_with_first_reading_padding() -> None:
+    win = SlidingWindow(width=3, n_channels=1)
+    X = np.array([[1.0], [10.0], [2.0], [20.0], [3.0]])
+    keys = np.array(["a", "b", "a", "b", "a"])
+    out = win.transform(X, keys)
+    assert out.tolist() == [[1, 1, 1], [10, 10, 10], [1, 1, 2], [10, 10, 20], [1, 2, 3]]
+    assert win.transform(np.array([[4.0]]), np.array(["a"])).tolist() == [[2, 3, 4]]
+    assert all(len(h) == 2 for h in win.history.values())
+
+
+def test_sliding_window_is_the_same_however_the_rows_are_split() -> None:
+    X = np.arange(20, dtype=float).reshape(10, 2)
+    whole = SlidingWindow(4, 2).transform(X, None)
+    split = SlidingWindow(4, 2)
+    parts = np.concatenate([split.transform(X[:3], None), split.transform(X[3:4], None), split.transform(X[4:], None)])
+    np.testing.assert_array_equal(whole, parts)
+    assert whole[-1].tolist() == X[6:10].ravel().tolist()
