@@ -28,10 +28,11 @@ FORMAT = "ae-worker/detector"
 VERSION = 1
 
 
-def detector_state(det: AutoencoderDetector) -> dict[str, Any]:
+def detector_state(det: AutoencoderDetector, metadata: dict[str, Any] | None = None) -> dict[str, Any]:
     t = torch.from_numpy
     return {
         "format": FORMAT,
+        "metadata": dict(metadata or {}),
         "version": VERSION,
         "config": det.config.to_dict(),
         "module": det.module.state_dict(),
@@ -98,14 +99,19 @@ def _scaler_state(tensors: dict[str, torch.Tensor]) -> dict[str, object]:
     return state
 
 
-def dumps(det: AutoencoderDetector) -> bytes:
+def dumps(det: AutoencoderDetector, metadata: dict[str, Any] | None = None) -> bytes:
+    """The checkpoint as bytes; ``metadata`` (plain values) is stored beside the detector."""
     buffer = io.BytesIO()
-    torch.save(detector_state(det), buffer)
+    torch.save(detector_state(det, metadata), buffer)
     payload = buffer.getvalue()
     return MAGIC + hashlib.sha256(payload).digest() + payload
 
 
 def loads(blob: bytes) -> AutoencoderDetector:
+    return loads_with_metadata(blob)[0]
+
+
+def loads_with_metadata(blob: bytes) -> tuple[AutoencoderDetector, dict[str, Any]]:
     if not blob.startswith(MAGIC):
         raise CheckpointError("not an ae-worker detector checkpoint (bad magic bytes)")
     digest, payload = blob[len(MAGIC): len(MAGIC) + 32], blob[len(MAGIC) + 32:]
@@ -115,13 +121,15 @@ def loads(blob: bytes) -> AutoencoderDetector:
         state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a bad archive; all mean the same here
         raise CheckpointError(f"checkpoint payload is unreadable: {exc}") from exc
-    return restore_detector(state)
+    metadata = state.get("metadata", {}) if isinstance(state, dict) else {}
+    return restore_detector(state), dict(metadata)
 
 
-def save_detector(det: AutoencoderDetector, path: str | os.PathLike[str]) -> None:
+def save_detector(det: AutoencoderDetector, path: str | os.PathLike[str],
+                  metadata: dict[str, Any] | None = None) -> None:
     """Write atomically: a crash mid-write leaves the previous checkpoint in place."""
     target = Path(path)
-    blob = dumps(det)
+    blob = dumps(det, metadata)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -135,11 +143,15 @@ def save_detector(det: AutoencoderDetector, path: str | os.PathLike[str]) -> Non
 
 
 def load_detector(path: str | os.PathLike[str]) -> AutoencoderDetector:
+    return load_detector_with_metadata(path)[0]
+
+
+def load_detector_with_metadata(path: str | os.PathLike[str]) -> tuple[AutoencoderDetector, dict[str, Any]]:
     try:
         blob = Path(path).read_bytes()
     except OSError as exc:
         raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
     try:
-        return loads(blob)
+        return loads_with_metadata(blob)
     except CheckpointError as exc:
         raise CheckpointError(f"{path}: {exc}") from exc

@@ -38,11 +38,47 @@ def add_detector_flags(parser: argparse.ArgumentParser) -> None:
             group.add_argument(flag, dest=f"detector_{name}", metavar=name.upper(), help=info.description)
 
 
+KAFKA_FLAGS = {  # flag dest -> (settings section, field)
+    "bootstrap_servers": ("kafka", "bootstrap_servers"), "input_topic": ("kafka", "input_topics"),
+    "output_topic": ("kafka", "output_topic"), "dlq_topic": ("kafka", "dlq_topic"),
+    "group_id": ("kafka", "group_id"), "create_topics": ("kafka", "create_topics"),
+    "partitions": ("kafka", "topic_partitions"), "batch_max_events": ("kafka", "max_poll_records"),
+    "batch_max_wait_ms": ("kafka", "poll_timeout_ms"), "channels": ("events", "channels"),
+    "max_events": ("service", "max_events"), "idle_timeout": ("service", "idle_timeout"),
+    "metrics_port": ("service", "metrics_port"), "state_dir": ("service", "state_dir"),
+}
+
+
+def add_kafka_flags(parser: argparse.ArgumentParser, run: bool) -> None:
+    group = parser.add_argument_group("Kafka (env AE_KAFKA__<NAME>)")
+    group.add_argument("--bootstrap-servers", help="host:port[,host:port] (default 127.0.0.1:9092)")
+    group.add_argument("--create-topics", action=argparse.BooleanOptionalAction, default=None,
+                       help="create missing topics instead of failing")
+    group.add_argument("--partitions", help="partitions of created topics")
+    if not run:
+        return
+    group.add_argument("--input-topic", help="topic(s) to consume, comma-separated")
+    group.add_argument("--output-topic", help="where anomalies go")
+    group.add_argument("--dlq-topic", help="where malformed events go")
+    group.add_argument("--group-id", help="consumer group")
+    group.add_argument("--batch-max-events", help="most events per mini-batch (max_poll_records)")
+    group.add_argument("--batch-max-wait-ms", help="longest wait for a mini-batch (poll timeout)")
+    group.add_argument("--channels", help="channel names in model order (needed for list readings)")
+    svc = parser.add_argument_group("service (env AE_SERVICE__<NAME>)")
+    svc.add_argument("--max-events", help="exit 0 after this many events")
+    svc.add_argument("--idle-timeout", help="exit 0 after this many seconds without a new event")
+    svc.add_argument("--metrics-port", help="Prometheus /metrics, /healthz, /readyz (0 = off)")
+    svc.add_argument("--state-dir", help="keep each partition's detector here across restarts")
+
+
 def settings_from_args(args: argparse.Namespace) -> Settings:
     detector = {k.removeprefix("detector_"): v for k, v in vars(args).items()
                 if k.startswith("detector_") and v is not None}
     inputs = {k: getattr(args, k) for k in INPUT_FLAGS if getattr(args, k, None) is not None}
-    overrides: dict[str, Any] = {"detector": detector, "input": inputs}
+    overrides: dict[str, Any] = {"detector": detector, "input": inputs, "kafka": {}, "events": {}, "service": {}}
+    for dest, (section, name) in KAFKA_FLAGS.items():
+        if getattr(args, dest, None) is not None:
+            overrides[section][name] = getattr(args, dest)
     if getattr(args, "log_level", None):
         overrides["log_level"] = args.log_level
     return load_settings(**overrides)
@@ -69,6 +105,26 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--plot", help="draw score, threshold, labels and flags to this PNG")
     add_input_flags(evaluate)
     add_detector_flags(evaluate)
+
+    run = sub.add_parser("run", help="consume sensor events from Kafka and publish anomalies")
+    add_kafka_flags(run, run=True)
+    add_detector_flags(run)
+
+    produce = sub.add_parser("produce", help="send a recording to a Kafka topic, keyed")
+    produce.add_argument("input")
+    produce.add_argument("--topic", required=True)
+    produce.add_argument("--key", help="record key when there is no --key-column (default: file name)")
+    produce.add_argument("--speed", type=float, default=0.0,
+                         help="0: as fast as possible; F: the time column's pace times F")
+    add_input_flags(produce)
+    add_kafka_flags(produce, run=False)
+
+    record = sub.add_parser("record", help="write a topic's events to a JSONL file to replay later")
+    record.add_argument("--topic", required=True)
+    record.add_argument("--output", "-o", required=True)
+    record.add_argument("--max-events", type=int)
+    record.add_argument("--idle-timeout", type=float, default=5.0, dest="record_idle_timeout")
+    add_kafka_flags(record, run=False)
 
     simulate = sub.add_parser("simulate", help="write a simulated sensor recording with labelled anomalies")
     simulate.add_argument("--output", "-o", required=True)

@@ -87,6 +87,44 @@ def evaluate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    import signal
+    import threading
+
+    from worker.service import Worker
+
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: object) -> None:
+        logger.info("received %s: finishing the current batch", signal.Signals(signum).name)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, request_stop)
+    stats = Worker(settings, stop).run()
+    print(f"events: {stats.events}  anomalies: {stats.anomalies}  dead letters: {stats.dead_letters}  "
+          f"batches: {stats.batches}", file=sys.stderr)
+    return 0
+
+
+def produce(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.transfer import produce as send_recording
+
+    recording = Recording(args.input, input_options(settings))
+    key = args.key or Path(args.input).stem
+    sent = send_recording(recording, settings.kafka, args.topic, key, args.speed, settings.kafka.create_topics)
+    print(f"sent {sent} events from {args.input} to {args.topic}")
+    return 0
+
+
+def record(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.transfer import record as write_topic
+
+    written = write_topic(settings.kafka, args.topic, Path(args.output), args.max_events, args.record_idle_timeout)
+    print(f"wrote {written} events from {args.topic} to {args.output}")
+    return 0
+
+
 def simulate(args: argparse.Namespace, settings: Settings) -> int:
     X, labels, injected = make_recording(args.events, args.features, seed=args.seed)
     write_recording(args.output, X, labels)
@@ -97,4 +135,4 @@ def simulate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-__all__ = ["evaluate", "replay", "simulate"]
+__all__ = ["evaluate", "produce", "record", "replay", "run", "simulate"]

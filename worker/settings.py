@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as SourceError
 
@@ -82,6 +82,72 @@ class InputSettings(BaseModel):
         return value
 
 
+class KafkaSettings(BaseModel):
+    """Where the worker reads and writes, and how it talks to the cluster (env AE_KAFKA__<NAME>)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    bootstrap_servers: str = Field("127.0.0.1:9092", min_length=1)
+    input_topics: Annotated[tuple[str, ...], NoDecode] = Field(("sensor-readings",), min_length=1)
+    output_topic: str = Field("anomalies", min_length=1)
+    dlq_topic: str = Field("sensor-readings-dlq", min_length=1)
+    group_id: str = Field("ae-worker", min_length=1)
+    client_id: str = "ae-worker"
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    max_poll_records: int = Field(500, ge=1, description="most events per mini-batch")
+    poll_timeout_ms: int = Field(200, ge=1, description="longest wait for a mini-batch to fill")
+    session_timeout_ms: int = Field(10_000, ge=1000)
+    max_poll_interval_ms: int = Field(300_000, ge=1000)
+    create_topics: bool = Field(False, description="create missing topics instead of failing")
+    topic_partitions: int = Field(1, ge=1)
+    topic_replication: int = Field(1, ge=1)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_password: SecretStr | None = None
+
+    @field_validator("input_topics", mode="before")
+    @classmethod
+    def _split_topics(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+
+class EventSettings(BaseModel):
+    """The shape of incoming events (env AE_EVENTS__<NAME>)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    channels: Annotated[tuple[str, ...], NoDecode] | None = Field(
+        None, description="channel names in model order; required when readings are lists")
+    allow_unknown_channels: bool = Field(False, description="ignore extra channels instead of dead-lettering")
+    max_event_bytes: int = Field(65_536, ge=16, description="larger events go to the dead-letter topic")
+
+    @field_validator("channels", mode="before")
+    @classmethod
+    def _split_channels(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+
+class ServiceSettings(BaseModel):
+    """Run-time behaviour of ``ae-worker run`` (env AE_SERVICE__<NAME>)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(9108, ge=0, le=65535, description="Prometheus /metrics, /healthz, /readyz (0 = off)")
+    max_events: int | None = Field(None, ge=1, description="exit 0 after this many events")
+    idle_timeout: float | None = Field(None, gt=0, description="exit 0 after this many seconds without events")
+    state_dir: str | None = Field(None, description="keep each partition's detector here across restarts")
+
+
 class Settings(BaseSettings):
     """All settings of the service."""
 
@@ -91,6 +157,9 @@ class Settings(BaseSettings):
 
     detector: DetectorSettings = DetectorSettings()
     input: InputSettings = InputSettings()
+    kafka: KafkaSettings = KafkaSettings()
+    events: EventSettings = EventSettings()
+    service: ServiceSettings = ServiceSettings()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = False
 

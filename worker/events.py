@@ -1,0 +1,114 @@
+"""The event schema on the input topic, validated with pydantic, and what becomes of a bad event."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Annotated, Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
+
+Reading = Annotated[float, Strict(), Field(allow_inf_nan=False)]
+
+
+class SensorEvent(BaseModel):
+    """One reading of one device.
+
+    ``{"key": "pump-7", "timestamp": "2026-01-01T00:00:00Z", "readings": {"pressure": 1.2}}``;
+    ``readings`` may also be a list in the configured channel order. ``key`` falls back to the
+    Kafka record key and ``timestamp`` to the record timestamp. Other fields are kept as-is.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    key: str | None = Field(None, min_length=1, max_length=256)
+    timestamp: datetime | None = None
+    readings: dict[str, Reading] | list[Reading]
+
+
+@dataclass(frozen=True)
+class ParsedEvent:
+    key: str
+    timestamp: str | None
+    values: np.ndarray
+    extra: dict[str, Any]
+
+
+class EventError(ValueError):
+    """Why an event goes to the dead-letter topic; ``kind`` is a short label for metrics."""
+
+    def __init__(self, kind: str, reason: str) -> None:
+        super().__init__(reason)
+        self.kind = kind
+        self.reason = reason
+
+
+class EventParser:
+    """Bytes from Kafka to a validated vector in the detector's channel order."""
+
+    def __init__(self, channels: tuple[str, ...] | None, allow_unknown: bool, max_bytes: int) -> None:
+        self.channels = channels
+        self.allow_unknown = allow_unknown
+        self.max_bytes = max_bytes
+
+    def parse(self, value: bytes | None, record_key: bytes | None, record_ts_ms: int | None) -> ParsedEvent:
+        if value is None:
+            raise EventError("empty", "empty message (tombstone)")
+        if len(value) > self.max_bytes:
+            raise EventError("oversize", f"event of {len(value)} bytes exceeds max_event_bytes={self.max_bytes}")
+        try:
+            event = SensorEvent.model_validate_json(value)
+        except ValidationError as exc:
+            raise EventError(_kind(exc), _describe(exc)) from None
+        key = event.key or (record_key.decode("utf-8", "replace") if record_key else None)
+        if key is None:
+            raise EventError("missing_field", "no key: neither a 'key' field nor a record key")
+        values = self._vector(event.readings)
+        stamp = event.timestamp.isoformat() if event.timestamp else _ms_to_iso(record_ts_ms)
+        return ParsedEvent(key, stamp, values, dict(event.model_extra or {}))
+
+    def _vector(self, readings: dict[str, float] | list[float]) -> np.ndarray:
+        if isinstance(readings, list):
+            if self.channels is None:
+                raise EventError("schema", "readings is a list but no channel names are configured")
+            if len(readings) != len(self.channels):
+                raise EventError("schema", f"{len(readings)} readings for {len(self.channels)} channels")
+            return np.asarray(readings, dtype=np.float64)
+        if self.channels is None:
+            if not readings:
+                raise EventError("schema", "readings is empty")
+            # The first valid event fixes the channel order for the life of the worker.
+            self.channels = tuple(sorted(readings))
+        missing = [c for c in self.channels if c not in readings]
+        if missing:
+            raise EventError("missing_field", f"missing channel {missing[0]!r}")
+        if not self.allow_unknown and len(readings) > len(self.channels):
+            unknown = sorted(set(readings) - set(self.channels))
+            raise EventError("unknown_channel", f"unknown channel {unknown[0]!r}")
+        return np.fromiter((readings[c] for c in self.channels), dtype=np.float64, count=len(self.channels))
+
+
+def _kind(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    if first["type"] == "json_invalid":
+        return "not_json"
+    if first["type"] == "missing":
+        return "missing_field"
+    if first["type"] in ("finite_number",):
+        return "not_finite"
+    return "wrong_type"
+
+
+def _describe(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    # Drop pydantic's union-branch labels such as 'dict[str,float]' from the location.
+    where = ".".join(str(part) for part in first["loc"] if "[" not in str(part)) or "event"
+    return f"{where}: {first['msg']}"
+
+
+def _ms_to_iso(ms: int | None) -> str | None:
+    if ms is None or ms < 0 or not math.isfinite(ms):
+        return None
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat()

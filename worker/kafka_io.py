@@ -1,0 +1,77 @@
+"""Building kafka-python clients from settings, and making sure the topics exist."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.admin import NewTopic
+from kafka.errors import TopicAlreadyExistsError
+
+from worker.errors import WorkerError
+from worker.settings import KafkaSettings
+
+logger = logging.getLogger(__name__)
+
+
+class TopicMissingError(WorkerError):
+    """A topic the worker needs does not exist and creating it was not asked for."""
+
+
+def connection_config(k: KafkaSettings) -> dict[str, Any]:
+    """Bootstrap and security settings shared by every client; secrets unwrapped only here."""
+    config: dict[str, Any] = {"bootstrap_servers": k.bootstrap_servers.split(","),
+                              "security_protocol": k.security_protocol, "client_id": k.client_id}
+    if k.sasl_mechanism:
+        config["sasl_mechanism"] = k.sasl_mechanism
+        config["sasl_plain_username"] = k.sasl_username
+        config["sasl_plain_password"] = k.sasl_password.get_secret_value() if k.sasl_password else None
+    for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+        if getattr(k, name):
+            config[name] = getattr(k, name)
+    if k.ssl_password:
+        config["ssl_password"] = k.ssl_password.get_secret_value()
+    return config
+
+
+def make_consumer(k: KafkaSettings, **overrides: Any) -> KafkaConsumer:
+    return KafkaConsumer(
+        **connection_config(k),
+        group_id=k.group_id,
+        enable_auto_commit=False,
+        auto_offset_reset=k.auto_offset_reset,
+        max_poll_records=k.max_poll_records,
+        session_timeout_ms=k.session_timeout_ms,
+        heartbeat_interval_ms=max(1000, k.session_timeout_ms // 3),
+        max_poll_interval_ms=k.max_poll_interval_ms,
+        **overrides,
+    )
+
+
+def make_producer(k: KafkaSettings, **overrides: Any) -> KafkaProducer:
+    # acks=all and idempotence: a flushed anomaly is durable before its input offset is committed.
+    return KafkaProducer(**connection_config(k), acks="all", enable_idempotence=True, linger_ms=5,
+                         retries=5, **overrides)
+
+
+def ensure_topics(k: KafkaSettings, topics: list[str], create: bool) -> None:
+    """Fail naming the first missing topic, or create the missing ones when ``create``."""
+    admin = KafkaAdminClient(**connection_config(k))
+    try:
+        existing = set(admin.list_topics())
+        missing = [t for t in dict.fromkeys(topics) if t not in existing]
+        if not missing:
+            return
+        if not create:
+            raise TopicMissingError(f"topic {missing[0]!r} does not exist on {k.bootstrap_servers} "
+                                    "(create it, or pass --create-topics / AE_KAFKA__CREATE_TOPICS=true)")
+        new = [NewTopic(t, k.topic_partitions, k.topic_replication) for t in missing]
+        try:
+            admin.create_topics(new)
+        except TopicAlreadyExistsError:
+            pass  # another worker of the group created it first
+        logger.info("created topics %s (%d partitions, replication %d)", missing, k.topic_partitions,
+                    k.topic_replication)
+    finally:
+        admin.close()

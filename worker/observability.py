@@ -1,0 +1,88 @@
+"""Prometheus metrics and the health/readiness endpoint of ``ae-worker run``."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+logger = logging.getLogger(__name__)
+
+
+class Metrics:
+    """All metrics of one worker, in a registry of its own."""
+
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.events = Counter("ae_events", "Events consumed and scored", ["topic"], registry=r)
+        self.anomalies = Counter("ae_anomalies", "Anomalies published", ["topic"], registry=r)
+        self.dead_letters = Counter("ae_dead_letters", "Events sent to the dead-letter topic", ["topic", "kind"],
+                                    registry=r)
+        self.batch_seconds = Histogram("ae_batch_seconds", "Time to score, publish and commit one mini-batch",
+                                       buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+                                       registry=r)
+        self.lag = Gauge("ae_consumer_lag", "High watermark minus committed position", ["topic", "partition"],
+                         registry=r)
+        self.threshold = Gauge("ae_threshold", "Current anomaly threshold", ["topic", "partition"], registry=r)
+        self.loss = Gauge("ae_training_loss", "Reconstruction loss of the last learning step",
+                          ["topic", "partition"], registry=r)
+        self.assigned = Gauge("ae_assigned_partitions", "Partitions currently assigned", registry=r)
+
+
+class HealthServer:
+    """Serves ``/metrics``, ``/healthz`` (the loop is alive) and ``/readyz`` (partitions assigned)."""
+
+    def __init__(self, metrics: Metrics, host: str, port: int, stale_after: float) -> None:
+        self.metrics = metrics
+        self.stale_after = stale_after
+        self.last_loop = time.monotonic()
+        self.ready = False
+        handler = self._handler()
+        self.server = ThreadingHTTPServer((host, port), handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, name="ae-health", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_address[1])
+
+    def beat(self) -> None:
+        self.last_loop = time.monotonic()
+
+    def start(self) -> HealthServer:
+        self.thread.start()
+        logger.info("metrics and health on http://%s:%d/metrics", *self.server.server_address[:2])
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                if self.path == "/metrics":
+                    self._send(200, generate_latest(outer.metrics.registry), CONTENT_TYPE_LATEST)
+                elif self.path == "/healthz":
+                    alive = time.monotonic() - outer.last_loop < outer.stale_after
+                    self._send(200 if alive else 503, b"ok\n" if alive else b"stalled\n")
+                elif self.path == "/readyz":
+                    self._send(200 if outer.ready else 503, b"ready\n" if outer.ready else b"not ready\n")
+                else:
+                    self._send(404, b"not found\n")
+
+            def _send(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8") -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                return None
+
+        return Handler

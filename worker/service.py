@@ -1,0 +1,275 @@
+"""``ae-worker run``: the consumer-group loop on a real broker.
+
+Per mini-batch, in a fixed order (at-least-once): poll -> score and decide per partition ->
+send anomalies and dead letters -> flush the producer and check every send -> save partition
+state (when due) -> commit the consumed offsets. A crash anywhere before the commit replays the
+batch; nothing is committed that was not published first.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+from kafka import ConsumerRebalanceListener, TopicPartition
+from kafka.structs import OffsetAndMetadata
+
+from ae_core import AutoencoderDetector
+from ae_core.checkpoint import load_detector_with_metadata, save_detector
+from worker.errors import WorkerError
+from worker.events import EventError, EventParser, ParsedEvent
+from worker.kafka_io import ensure_topics, make_consumer, make_producer
+from worker.observability import HealthServer, Metrics
+from worker.results import result_records
+from worker.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+STATE_SAVE_SECONDS = 10.0
+
+
+class PublishError(WorkerError):
+    """A send to the output or dead-letter topic failed; offsets were not committed."""
+
+
+@dataclass
+class PartitionState:
+    detector: AutoencoderDetector
+    next_offset: int = 0
+    saved_at: float = 0.0
+
+
+@dataclass
+class RunStats:
+    events: int = 0
+    anomalies: int = 0
+    dead_letters: int = 0
+    batches: int = 0
+
+
+class Worker:
+    """Consumes sensor events, publishes anomalies; one detector per assigned partition."""
+
+    def __init__(self, settings: Settings, stop: threading.Event | None = None) -> None:
+        self.settings = settings
+        self.stop = stop or threading.Event()
+        self.metrics = Metrics()
+        e = settings.events
+        self.parser = EventParser(e.channels, e.allow_unknown_channels, e.max_event_bytes)
+        self.states: dict[TopicPartition, PartitionState] = {}
+        self.stats = RunStats()
+        self.batch_latencies: list[float] = []
+        self._consumer: Any = None
+        self._producer: Any = None
+        self.health: HealthServer | None = None
+
+    # -- life cycle -------------------------------------------------------------------------------
+    def run(self) -> RunStats:
+        k, svc = self.settings.kafka, self.settings.service
+        ensure_topics(k, [*k.input_topics, k.output_topic, k.dlq_topic], k.create_topics)
+        self._consumer = make_consumer(k)
+        self._producer = make_producer(k)
+        self._consumer.subscribe(list(k.input_topics), listener=_Rebalance(self))
+        logger.info("consuming %s as group %r; anomalies -> %s, dead letters -> %s",
+                    ",".join(k.input_topics), k.group_id, k.output_topic, k.dlq_topic)
+        try:
+            if svc.metrics_port:
+                self.health = HealthServer(self.metrics, svc.metrics_host, svc.metrics_port,
+                                           stale_after=k.max_poll_interval_ms / 1000).start()
+            self._loop()
+        finally:
+            self._shutdown()
+        return self.stats
+
+    def _loop(self) -> None:
+        k, svc = self.settings.kafka, self.settings.service
+        idle_since = time.monotonic()
+        while not self.stop.is_set():
+            budget = k.max_poll_records
+            if svc.max_events is not None:
+                budget = min(budget, svc.max_events - self.stats.events)
+                if budget <= 0:
+                    logger.info("processed max_events=%d: stopping", svc.max_events)
+                    return
+            records = self._consumer.poll(timeout_ms=k.poll_timeout_ms, max_records=budget)
+            if self.health:
+                self.health.beat()
+                self.health.ready = bool(self._consumer.assignment())
+            if not any(records.values()):
+                if svc.idle_timeout is not None and time.monotonic() - idle_since > svc.idle_timeout:
+                    logger.info("no event for %.1f s (idle_timeout): stopping", svc.idle_timeout)
+                    return
+                continue
+            idle_since = time.monotonic()
+            started = time.perf_counter()
+            self.process(records)
+            elapsed = time.perf_counter() - started
+            self.metrics.batch_seconds.observe(elapsed)
+            self.batch_latencies.append(elapsed)
+            del self.batch_latencies[:-10_000]
+
+    def _shutdown(self) -> None:
+        for tp in list(self.states):
+            self._save_state(tp, force=True)
+        if self._consumer is not None:
+            self._consumer.close(autocommit=False)
+        if self._producer is not None:
+            self._producer.flush()
+            self._producer.close()
+        if self.health:
+            self.health.stop()
+        logger.info("stopped after %d events, %d anomalies, %d dead letters in %d batches",
+                    self.stats.events, self.stats.anomalies, self.stats.dead_letters, self.stats.batches)
+
+    # -- one mini-batch -----------------------------------------------------------------------------
+    def process(self, records: dict[TopicPartition, list[Any]]) -> None:
+        sends: list[Any] = []
+        commits: dict[TopicPartition, OffsetAndMetadata] = {}
+        for tp, messages in records.items():
+            state = self.states.get(tp)
+            if state is not None:
+                messages = [m for m in messages if m.offset >= state.next_offset]  # already published
+            if not messages:
+                continue
+            sends += self._process_partition(tp, messages)
+            commits[tp] = OffsetAndMetadata(messages[-1].offset + 1, "", -1)
+        self._producer.flush()
+        failed = [f.exception for f in sends if f.failed()]
+        if failed:
+            raise PublishError(f"{len(failed)} sends failed, offsets not committed: {failed[0]}")
+        for tp in commits:
+            self._save_state(tp)
+        if commits:
+            self._consumer.commit(commits)
+        self.stats.batches += 1
+        for tp, om in commits.items():
+            highwater = self._consumer.highwater(tp)
+            if highwater is not None:
+                self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, highwater - om.offset))
+
+    def _process_partition(self, tp: TopicPartition, messages: list[Any]) -> list[Any]:
+        sends, good, good_msgs = [], [], []
+        for msg in messages:
+            try:
+                good.append(self.parser.parse(msg.value, msg.key, msg.timestamp))
+                good_msgs.append(msg)
+            except EventError as exc:
+                sends.append(self._dead_letter(msg, exc))
+        self.stats.events += len(messages)
+        self.metrics.events.labels(tp.topic).inc(len(messages))
+        if not good and tp not in self.states:
+            return sends  # nothing valid yet: the channels may still be unknown
+        state = self._state(tp)
+        state.next_offset = messages[-1].offset + 1
+        if not good:
+            return sends
+        det = state.detector
+        res = det.process_many(np.vstack([g.values for g in good]), np.array([g.key for g in good]))
+        flagged = np.flatnonzero(res.is_anomaly)
+        if len(flagged):
+            records = result_records(res, det.config.names)
+            for i in flagged.tolist():
+                sends.append(self._publish_anomaly(tp, good_msgs[i], good[i], records[i], det.config.names))
+            self.stats.anomalies += len(flagged)
+            self.metrics.anomalies.labels(tp.topic).inc(len(flagged))
+        labels = (tp.topic, str(tp.partition))
+        if not np.isnan(res.threshold[-1]):
+            self.metrics.threshold.labels(*labels).set(float(res.threshold[-1]))
+        if det.last_loss is not None:
+            self.metrics.loss.labels(*labels).set(det.last_loss)
+        return sends
+
+    def _publish_anomaly(self, tp: TopicPartition, msg: Any, event: ParsedEvent, record: dict[str, Any],
+                         channels: tuple[str, ...]) -> Any:
+        payload = {
+            "key": event.key,
+            "timestamp": event.timestamp,
+            **record,
+            "readings": dict(zip(channels, event.values.tolist())),
+            "source": {"topic": tp.topic, "partition": tp.partition, "offset": msg.offset},
+        }
+        del payload["is_anomaly"]
+        headers = [("content-type", b"application/json"),
+                   ("ae-source", f"{tp.topic}/{tp.partition}/{msg.offset}".encode()),
+                   ("ae-score", repr(record["score"]).encode()),
+                   ("ae-top-channel", record["contributions"][0]["channel"].encode())]
+        return self._producer.send(self.settings.kafka.output_topic, key=event.key.encode(),
+                                   value=orjson.dumps(payload), headers=headers)
+
+    def _dead_letter(self, msg: Any, exc: EventError) -> Any:
+        self.stats.dead_letters += 1
+        self.metrics.dead_letters.labels(msg.topic, exc.kind).inc()
+        logger.warning("dead letter %s/%d/%d: %s", msg.topic, msg.partition, msg.offset, exc.reason)
+        headers = list(msg.headers or []) + [
+            ("ae-error", exc.reason.encode()), ("ae-error-kind", exc.kind.encode()),
+            ("ae-source-topic", msg.topic.encode()), ("ae-source-partition", str(msg.partition).encode()),
+            ("ae-source-offset", str(msg.offset).encode()),
+        ]
+        return self._producer.send(self.settings.kafka.dlq_topic, key=msg.key, value=msg.value, headers=headers)
+
+    # -- partition state ----------------------------------------------------------------------------
+    def _state(self, tp: TopicPartition) -> PartitionState:
+        state = self.states.get(tp)
+        if state is None:
+            channels = self.parser.channels
+            assert channels is not None, "a valid event fixes the channels before any state is needed"
+            config = self.settings.detector.to_config(len(channels), channels)
+            state = self.states[tp] = PartitionState(AutoencoderDetector(config))
+        return state
+
+    def _state_path(self, tp: TopicPartition) -> Path | None:
+        folder = self.settings.service.state_dir
+        return Path(folder) / f"{tp.topic}-{tp.partition}.ckpt" if folder else None
+
+    def restore(self, tp: TopicPartition) -> None:
+        path = self._state_path(tp)
+        if path is None or not path.exists():
+            return
+        det, meta = load_detector_with_metadata(path)  # a corrupt file stops the worker loudly
+        if self.parser.channels is None:
+            self.parser.channels = det.config.names
+        self.states[tp] = PartitionState(det, int(meta.get("next_offset", 0)), time.monotonic())
+        logger.info("restored detector of %s-%d (%d events seen, next offset %s)", tp.topic, tp.partition,
+                    det.events_seen, meta.get("next_offset"))
+
+    def _save_state(self, tp: TopicPartition, force: bool = False) -> None:
+        path, state = self._state_path(tp), self.states.get(tp)
+        if path is None or state is None:
+            return
+        if not force and time.monotonic() - state.saved_at < STATE_SAVE_SECONDS:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_detector(state.detector, path, {"next_offset": state.next_offset, "topic": tp.topic,
+                                             "partition": tp.partition})
+        state.saved_at = time.monotonic()
+
+    def release(self, tps: list[TopicPartition]) -> None:
+        for tp in tps:
+            self._save_state(tp, force=True)
+            self.states.pop(tp, None)
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    """Offsets are committed at the end of every batch, before the next poll, so a revoked
+    partition has nothing in flight; its detector state is saved and let go."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+
+    def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        logger.info("partitions revoked: %s", sorted(f"{tp.topic}-{tp.partition}" for tp in revoked))
+        self.worker.release(list(revoked))
+        self.worker.metrics.assigned.set(len(self.worker.states))
+
+    def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        logger.info("partitions assigned: %s", sorted(f"{tp.topic}-{tp.partition}" for tp in assigned))
+        for tp in assigned:
+            if tp not in self.worker.states:
+                self.worker.restore(tp)
+        self.worker.metrics.assigned.set(len(assigned))

@@ -1,0 +1,124 @@
+"""Recordings into and out of Kafka: ``ae-worker produce`` and ``ae-worker record``."""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from kafka import TopicPartition
+
+from worker.kafka_io import TopicMissingError, ensure_topics, make_consumer, make_producer
+from worker.settings import KafkaSettings
+from worker.sources import Recording, parse_reading
+
+logger = logging.getLogger(__name__)
+
+
+def event_payload(fields: dict[str, Any], recording: Recording, key: str) -> dict[str, Any]:
+    """A recording row as the input topic's event schema; bad values are kept so they dead-letter."""
+    o = recording.options
+    readings: dict[str, Any] = {}
+    for name in recording.channels:
+        raw = fields.get(name)
+        try:
+            readings[name] = parse_reading(raw)
+        except ValueError:
+            readings[name] = raw if raw not in ("",) else None
+    event: dict[str, Any] = {"key": str(fields[o.key_column]) if o.key_column else key, "readings": readings}
+    if o.time_column and fields.get(o.time_column) not in (None, ""):
+        event["timestamp"] = fields[o.time_column]
+    if o.label_column:
+        event["label"] = fields.get(o.label_column)
+    return event
+
+
+def produce(recording: Recording, kafka: KafkaSettings, topic: str, key: str, speed: float,
+            create: bool) -> int:
+    """Send every row of ``recording`` to ``topic`` in order, keyed; returns the number sent.
+
+    ``speed`` 0 sends as fast as possible; otherwise the gaps of the time column, divided by
+    ``speed``, are kept between sends.
+    """
+    ensure_topics(kafka, [topic], create)
+    producer = make_producer(kafka)
+    first_time: float | None = None
+    started = time.monotonic()
+    sent = 0
+    try:
+        for _, fields, raw in recording.records():
+            if fields is None:
+                producer.send(topic, key=key.encode(), value=raw.encode())  # unparseable: dead-letters
+                sent += 1
+                continue
+            event = event_payload(fields, recording, key)
+            if speed > 0 and "timestamp" in event:
+                at = _seconds(event["timestamp"])
+                if at is not None:
+                    first_time = at if first_time is None else first_time
+                    delay = (at - first_time) / speed - (time.monotonic() - started)
+                    if delay > 0:
+                        time.sleep(delay)
+            producer.send(topic, key=event["key"].encode(), value=orjson.dumps(event))
+            sent += 1
+        producer.flush()
+    finally:
+        producer.close()
+    return sent
+
+
+def record(kafka: KafkaSettings, topic: str, output: Path, max_events: int | None, idle_timeout: float) -> int:
+    """Write a topic's events, from the beginning to the current end, as a replayable JSONL file."""
+    consumer = make_consumer(kafka, group_id=None)
+    written = 0
+    try:
+        partitions = consumer.partitions_for_topic(topic)
+        if not partitions:
+            raise TopicMissingError(f"topic {topic!r} does not exist on {kafka.bootstrap_servers}")
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        end = consumer.end_offsets(tps)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        last_event = time.monotonic()
+        with output.open("wb") as fh:
+            while any(consumer.position(tp) < end[tp] for tp in tps):
+                if max_events is not None and written >= max_events:
+                    break
+                batch = consumer.poll(timeout_ms=200)
+                if not batch:
+                    if time.monotonic() - last_event > idle_timeout:
+                        break
+                    continue
+                last_event = time.monotonic()
+                for tp in tps:
+                    for msg in batch.get(tp, []):
+                        fh.write(_flatten(msg.value, msg.key) + b"\n")
+                        written += 1
+    finally:
+        consumer.close(autocommit=False)
+    return written
+
+
+def _flatten(value: bytes | None, key: bytes | None) -> bytes:
+    try:
+        event = orjson.loads(value or b"")
+        readings = event.pop("readings")
+        if isinstance(readings, dict):
+            return orjson.dumps({"key": event.pop("key", None) or (key or b"").decode(),
+                                 "timestamp": event.pop("timestamp", None), **readings, **event})
+    except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError):
+        pass
+    return orjson.dumps({"raw": (value or b"").decode("utf-8", "replace")})
+
+
+def _seconds(stamp: Any) -> float | None:
+    if isinstance(stamp, (int, float)):
+        return float(stamp)
+    try:
+        return datetime.fromisoformat(str(stamp)).timestamp()
+    except ValueError:
+        return None
