@@ -14,6 +14,7 @@ from worker.settings import DetectorSettings, Settings, load_settings
 
 logger = logging.getLogger(__name__)
 
+LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
 INPUT_FLAGS = ("sep", "time_column", "key_column", "label_column", "ignore_columns")
 
 
@@ -86,10 +87,12 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ae-worker", description="Streaming autoencoder anomaly detection.")
-    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--log-level", choices=LOG_LEVELS)
     sub = parser.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--log-level", choices=LOG_LEVELS, default=argparse.SUPPRESS)
 
-    replay = sub.add_parser("replay", help="replay a recording through a fresh detector")
+    replay = sub.add_parser("replay", parents=[common], help="replay a recording through a fresh detector")
     replay.add_argument("input", nargs="?", help="CSV or JSONL recording (default: a simulated one)")
     replay.add_argument("--output", "-o", default="-", help="JSON lines output ('-' = stdout)")
     replay.add_argument("--errors", help="where invalid rows go (default: OUTPUT.errors.jsonl, or stderr)")
@@ -99,18 +102,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_input_flags(replay)
     add_detector_flags(replay)
 
-    evaluate = sub.add_parser("evaluate", help="replay a labelled recording and report detection quality")
+    evaluate = sub.add_parser("evaluate", parents=[common], help="replay a labelled recording and report detection quality")
     evaluate.add_argument("input")
     evaluate.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
     evaluate.add_argument("--plot", help="draw score, threshold, labels and flags to this PNG")
     add_input_flags(evaluate)
     add_detector_flags(evaluate)
 
-    run = sub.add_parser("run", help="consume sensor events from Kafka and publish anomalies")
+    run = sub.add_parser("run", parents=[common], help="consume sensor events from Kafka and publish anomalies")
     add_kafka_flags(run, run=True)
     add_detector_flags(run)
 
-    produce = sub.add_parser("produce", help="send a recording to a Kafka topic, keyed")
+    produce = sub.add_parser("produce", parents=[common], help="send a recording to a Kafka topic, keyed")
     produce.add_argument("input")
     produce.add_argument("--topic", required=True)
     produce.add_argument("--key", help="record key when there is no --key-column (default: file name)")
@@ -119,14 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_input_flags(produce)
     add_kafka_flags(produce, run=False)
 
-    record = sub.add_parser("record", help="write a topic's events to a JSONL file to replay later")
+    record = sub.add_parser("record", parents=[common], help="write a topic's events to a JSONL file to replay later")
     record.add_argument("--topic", required=True)
     record.add_argument("--output", "-o", required=True)
     record.add_argument("--max-events", type=int)
     record.add_argument("--idle-timeout", type=float, default=5.0, dest="record_idle_timeout")
     add_kafka_flags(record, run=False)
 
-    simulate = sub.add_parser("simulate", help="write a simulated sensor recording with labelled anomalies")
+    simulate = sub.add_parser("simulate", parents=[common], help="write a simulated sensor recording with labelled anomalies")
     simulate.add_argument("--output", "-o", required=True)
     simulate.add_argument("--events", type=int, default=20_000)
     simulate.add_argument("--features", type=int, default=8)

@@ -79,8 +79,9 @@ class EventParser:
         if self.channels is None:
             if not readings:
                 raise EventError("schema", "readings is empty")
-            # The first valid event fixes the channel order for the life of the worker.
-            self.channels = tuple(sorted(readings))
+            # The first valid event fixes the channels, in its order, for the life of the worker
+            # (the order of a recording's columns, so replay and run build the same model).
+            self.channels = tuple(readings)
         missing = [c for c in self.channels if c not in readings]
         if missing:
             raise EventError("missing_field", f"missing channel {missing[0]!r}")

@@ -36,23 +36,23 @@ def connection_config(k: KafkaSettings) -> dict[str, Any]:
 
 
 def make_consumer(k: KafkaSettings, **overrides: Any) -> KafkaConsumer:
-    return KafkaConsumer(
+    config = {
         **connection_config(k),
-        group_id=k.group_id,
-        enable_auto_commit=False,
-        auto_offset_reset=k.auto_offset_reset,
-        max_poll_records=k.max_poll_records,
-        session_timeout_ms=k.session_timeout_ms,
-        heartbeat_interval_ms=max(1000, k.session_timeout_ms // 3),
-        max_poll_interval_ms=k.max_poll_interval_ms,
-        **overrides,
-    )
+        "group_id": k.group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": k.auto_offset_reset,
+        "max_poll_records": k.max_poll_records,
+        "session_timeout_ms": k.session_timeout_ms,
+        "heartbeat_interval_ms": max(1000, k.session_timeout_ms // 3),
+        "max_poll_interval_ms": k.max_poll_interval_ms,
+    }
+    return KafkaConsumer(**{**config, **overrides})
 
 
 def make_producer(k: KafkaSettings, **overrides: Any) -> KafkaProducer:
     # acks=all and idempotence: a flushed anomaly is durable before its input offset is committed.
-    return KafkaProducer(**connection_config(k), acks="all", enable_idempotence=True, linger_ms=5,
-                         retries=5, **overrides)
+    config = {**connection_config(k), "acks": "all", "enable_idempotence": True, "linger_ms": 5, "retries": 5}
+    return KafkaProducer(**{**config, **overrides})
 
 
 def ensure_topics(k: KafkaSettings, topics: list[str], create: bool) -> None:

@@ -68,6 +68,11 @@ class Worker:
         self._consumer: Any = None
         self._producer: Any = None
         self.health: HealthServer | None = None
+        self._assigned: set[TopicPartition] = set()
+
+    def assignment(self) -> set[TopicPartition]:
+        """Partitions this worker owns now (empty before it joined its group)."""
+        return set(self._assigned)
 
     # -- life cycle -------------------------------------------------------------------------------
     def run(self) -> RunStats:
@@ -265,11 +270,13 @@ class _Rebalance(ConsumerRebalanceListener):
     def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         logger.info("partitions revoked: %s", sorted(f"{tp.topic}-{tp.partition}" for tp in revoked))
         self.worker.release(list(revoked))
-        self.worker.metrics.assigned.set(len(self.worker.states))
+        self.worker._assigned -= set(revoked)
+        self.worker.metrics.assigned.set(len(self.worker._assigned))
 
     def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         logger.info("partitions assigned: %s", sorted(f"{tp.topic}-{tp.partition}" for tp in assigned))
         for tp in assigned:
             if tp not in self.worker.states:
                 self.worker.restore(tp)
-        self.worker.metrics.assigned.set(len(assigned))
+        self.worker._assigned |= set(assigned)
+        self.worker.metrics.assigned.set(len(self.worker._assigned))

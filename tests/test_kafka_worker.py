@@ -1,0 +1,244 @@
+"""``ae-worker run`` end to end against a real Apache Kafka broker."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from ae_core import AutoencoderDetector
+from tests.conftest import ROOT, free_port
+from worker.service import Worker
+from worker.settings import Settings, load_settings
+from worker.simulate import channel_names, simulate, write_recording
+from worker.sources import InputOptions, Recording
+from worker.transfer import produce
+
+pytestmark = pytest.mark.kafka
+
+
+def settings(bootstrap: str, prefix: str, *, detector: dict | None = None, service: dict | None = None,
+             **kafka: Any) -> Settings:
+    base = {"bootstrap_servers": bootstrap, "input_topics": f"{prefix}-in", "output_topic": f"{prefix}-out",
+            "dlq_topic": f"{prefix}-dlq", "group_id": f"{prefix}-group", "create_topics": True}
+    return load_settings(kafka={**base, **kafka}, detector=detector or {},
+                         service={"metrics_port": 0, "idle_timeout": 5, **(service or {})})
+
+
+def read_topic(bootstrap: str, topic: str) -> list[Any]:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        end = consumer.end_offsets(tps)
+        out: list[Any] = []
+        deadline = time.monotonic() + 30
+        while any(consumer.position(tp) < end[tp] for tp in tps) and time.monotonic() < deadline:
+            for messages in consumer.poll(timeout_ms=200).values():
+                out.extend(messages)
+        return out
+    finally:
+        consumer.close()
+
+
+def committed(bootstrap: str, group: str, tp: TopicPartition) -> int | None:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        return consumer.committed(tp)
+    finally:
+        consumer.close()
+
+
+def recording_file(tmp_path: Path, events: int, seed: int = 0) -> Recording:
+    X, labels, _ = simulate(events, 8, seed=seed)
+    path = tmp_path / "rec.csv"
+    write_recording(path, X, labels)
+    return Recording(path, InputOptions(time_column="timestamp", label_column="anomaly"))
+
+
+def test_anomalies_topic_holds_exactly_what_replay_flags(kafka: str, topic_prefix: str, tmp_path: Path) -> None:
+    s = settings(kafka, topic_prefix, max_poll_records=37, service={"max_events": 4000})
+    rec = recording_file(tmp_path, 4000)
+    assert produce(rec, s.kafka, f"{topic_prefix}-in", "pump-1", speed=0, create=True) == 4000
+    port = free_port()
+    s = s.model_copy(update={"service": s.service.model_copy(update={"metrics_port": port})})
+    worker = Worker(s)
+    seen: dict[str, str] = {}
+
+    def scrape() -> None:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and "metrics" not in seen:
+            try:
+                for path in ("healthz", "readyz", "metrics"):
+                    seen[path] = urllib.request.urlopen(f"http://127.0.0.1:{port}/{path}", timeout=2).read().decode()
+            except OSError:
+                time.sleep(0.05)
+
+    scraper = threading.Thread(target=scrape)
+    scraper.start()
+    stats = worker.run()
+    scraper.join()
+    assert stats.events == 4000 and stats.dead_letters == 0
+
+    # replay of the same recording, in one call: the flags must be identical
+    det = AutoencoderDetector(s.detector.to_config(8, channel_names(8)))
+    values = np.vstack([b.values for b in rec.batches()])
+    expected = np.flatnonzero(det.process_many(values).is_anomaly)
+    out = read_topic(kafka, f"{topic_prefix}-out")
+    offsets = [json.loads(m.value)["source"]["offset"] for m in out]
+    assert offsets == expected.tolist() and len(offsets) == stats.anomalies > 0
+    assert min(offsets) >= s.detector.warmup  # nothing during warm-up
+
+    first = json.loads(out[0].value)
+    assert first["key"] == "pump-1" and out[0].key == b"pump-1"
+    assert {"score", "threshold", "contributions", "timestamp", "readings", "source"} <= set(first)
+    assert first["score"] > first["threshold"] > 0
+    assert first["source"] == {"topic": f"{topic_prefix}-in", "partition": 0, "offset": offsets[0]}
+    headers = dict(out[0].headers)
+    assert headers["ae-source"] == f"{topic_prefix}-in/0/{offsets[0]}".encode()
+    assert committed(kafka, f"{topic_prefix}-group", TopicPartition(f"{topic_prefix}-in", 0)) == 4000
+    assert "ae_events_total" in seen.get("metrics", "") and seen.get("healthz") == "ok\n"
+
+
+MALFORMED = {
+    "not_json": b"this is not json",
+    "wrong_type": json.dumps({"key": "d", "readings": {"a": "high", "b": 1.0}}).encode(),
+    "not_finite": b'{"key": "d", "readings": {"a": NaN, "b": 1.0}}',
+    "missing_field": json.dumps({"key": "d", "readings": {"a": 1.0}}).encode(),
+    "unknown_channel": json.dumps({"key": "d", "readings": {"a": 1.0, "b": 2.0, "c": 3.0}}).encode(),
+    "oversize": json.dumps({"key": "d", "readings": {"a": 1.0, "b": 2.0}, "pad": "x" * 5000}).encode(),
+}
+
+
+def test_malformed_events_go_to_the_dead_letter_topic(kafka: str, topic_prefix: str) -> None:
+    s = settings(kafka, topic_prefix)
+    s = s.model_copy(update={"events": s.events.model_copy(update={"max_event_bytes": 4096})})
+    producer = KafkaProducer(bootstrap_servers=kafka)
+    from worker.kafka_io import ensure_topics
+
+    ensure_topics(s.kafka, [f"{topic_prefix}-in"], create=True)
+    rng = np.random.default_rng(0)
+    sent_good = 0
+    for i in range(300):
+        a = float(rng.normal())
+        producer.send(f"{topic_prefix}-in", key=b"d",
+                      value=json.dumps({"key": "d", "readings": {"a": a, "b": 2 * a}}).encode())
+        sent_good += 1
+        if i % 50 == 25:
+            for value in MALFORMED.values():
+                producer.send(f"{topic_prefix}-in", key=b"d", value=value)
+    producer.send(f"{topic_prefix}-in", key=b"d", value=None)  # tombstone
+    producer.flush()
+    stats = Worker(s).run()
+    kinds_sent = len(MALFORMED) * 6 + 1
+    assert stats.events == sent_good + kinds_sent and stats.dead_letters == kinds_sent
+    dead = read_topic(kafka, f"{topic_prefix}-dlq")
+    assert len(dead) == kinds_sent
+    by_kind: dict[str, list[Any]] = {}
+    for m in dead:
+        by_kind.setdefault(dict(m.headers)["ae-error-kind"].decode(), []).append(m)
+    assert set(by_kind) == set(MALFORMED) | {"empty"}
+    for kind, value in MALFORMED.items():
+        msg = by_kind[kind][0]
+        assert msg.value == value  # the original bytes, untouched
+        headers = dict(msg.headers)
+        assert headers["ae-error"] and headers["ae-source-topic"] == f"{topic_prefix}-in".encode()
+    assert b"unknown channel 'c'" in dict(by_kind["unknown_channel"][0].headers)["ae-error"]
+
+
+def run_cli(args: list[str], **popen: Any) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "worker", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
+def test_sigterm_commits_and_a_restart_continues_without_gap(kafka: str, topic_prefix: str, tmp_path: Path) -> None:
+    total = 30_000
+    s = settings(kafka, topic_prefix)
+    rec = recording_file(tmp_path, total, seed=3)
+    produce(rec, s.kafka, f"{topic_prefix}-in", "pump-9", speed=0, create=True)
+    state_dir = tmp_path / "state"
+    common = ["run", "--bootstrap-servers", kafka, "--input-topic", f"{topic_prefix}-in",
+              "--output-topic", f"{topic_prefix}-out", "--dlq-topic", f"{topic_prefix}-dlq",
+              "--group-id", f"{topic_prefix}-group", "--create-topics", "--metrics-port", "0",
+              "--batch-max-events", "50", "--state-dir", str(state_dir)]
+    tp = TopicPartition(f"{topic_prefix}-in", 0)
+    first = run_cli(common)
+    deadline = time.monotonic() + 60
+    while (committed(kafka, f"{topic_prefix}-group", tp) or 0) < 2000 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    first.send_signal(signal.SIGTERM)
+    out, err = first.communicate(timeout=60)
+    assert first.returncode == 0, err
+    done_first = int(err.split("events: ")[1].split()[0])
+    assert 2000 <= done_first < total, "SIGTERM came too late to test a restart"
+    assert committed(kafka, f"{topic_prefix}-group", tp) == done_first  # the current batch was committed
+    assert (state_dir / f"{topic_prefix}-in-0.ckpt").exists()
+
+    second = run_cli([*common, "--idle-timeout", "3"])
+    out, err = second.communicate(timeout=300)
+    assert second.returncode == 0, err
+    done_second = int(err.split("events: ")[1].split()[0])
+    assert done_first + done_second == total  # no gap, no duplicate
+    assert "restored detector" in err
+    flagged = sorted(json.loads(m.value)["source"]["offset"] for m in read_topic(kafka, f"{topic_prefix}-out"))
+    assert len(flagged) == len(set(flagged))  # no anomaly published twice
+
+
+def test_two_workers_split_the_partitions_and_process_every_event(kafka: str, topic_prefix: str) -> None:
+    s = settings(kafka, topic_prefix, topic_partitions=4, service={"idle_timeout": 8})
+    from worker.kafka_io import ensure_topics
+
+    ensure_topics(s.kafka, [f"{topic_prefix}-in"], create=True)
+    workers = [Worker(s), Worker(s)]
+    threads = [threading.Thread(target=w.run) for w in workers]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assigned = [w.assignment() for w in workers]
+        if all(assigned) and sum(len(a) for a in assigned) == 4:
+            break
+        time.sleep(0.1)
+    assert set().union(*assigned) == {TopicPartition(f"{topic_prefix}-in", p) for p in range(4)}
+    assert not assigned[0] & assigned[1]
+
+    producer = KafkaProducer(bootstrap_servers=kafka)
+    rng = np.random.default_rng(1)
+    total = 4000
+    for i in range(total):
+        device = f"dev-{i % 16}"
+        a = float(rng.normal())
+        producer.send(f"{topic_prefix}-in", key=device.encode(),
+                      value=json.dumps({"key": device, "readings": {"a": a, "b": -a, "c": 0.5 * a}}).encode())
+    producer.flush()
+    for t in threads:
+        t.join(timeout=120)
+    counts = [w.stats.events for w in workers]
+    assert sum(counts) == total, counts
+    assert all(c > 0 for c in counts), counts
+    for p in range(4):
+        assert committed(kafka, f"{topic_prefix}-group", TopicPartition(f"{topic_prefix}-in", p)) > 0
+    # each worker kept one detector per partition it owned, and only for those
+    for worker, owned in zip(workers, assigned):
+        assert set(worker.states) <= owned
+
+
+def test_missing_topic_fails_clearly_unless_creation_is_asked(kafka: str, topic_prefix: str) -> None:
+    proc = run_cli(["run", "--bootstrap-servers", kafka, "--input-topic", f"{topic_prefix}-absent",
+                    "--metrics-port", "0", "--idle-timeout", "1"])
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert f"topic '{topic_prefix}-absent' does not exist" in err and "--create-topics" in err
