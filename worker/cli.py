@@ -102,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_input_flags(replay)
     add_detector_flags(replay)
 
-    evaluate = sub.add_parser("evaluate", parents=[common], help="replay a labelled recording and report detection quality")
+    evaluate = sub.add_parser("evaluate", parents=[common], 
+                              help="replay a labelled recording and report detection quality")
     evaluate.add_argument("input")
     evaluate.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
     evaluate.add_argument("--plot", help="draw score, threshold, labels and flags to this PNG")
@@ -129,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     record.add_argument("--idle-timeout", type=float, default=5.0, dest="record_idle_timeout")
     add_kafka_flags(record, run=False)
 
-    simulate = sub.add_parser("simulate", parents=[common], help="write a simulated sensor recording with labelled anomalies")
+    simulate = sub.add_parser("simulate", parents=[common], 
+                              help="write a simulated sensor recording with labelled anomalies")
     simulate.add_argument("--output", "-o", required=True)
     simulate.add_argument("--events", type=int, default=20_000)
     simulate.add_argument("--features", type=int, default=8)

@@ -87,7 +87,7 @@ class Replay:
         self.sink.write_many(sorted(records + [{"index": r["index"], "invalid": r["invalid"]} for r in invalid],
                                     key=lambda r: r["index"]) if invalid else records)
         summary.rows += len(records) + len(invalid)
-        summary.add(batch.index, res, channels)
+        summary.add(batch.index, res, channels, batch.labels)
         if self.trace is not None:
             self.trace.index.append(batch.index)
             self.trace.score.append(res.score)

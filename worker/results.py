@@ -12,15 +12,18 @@ import numpy as np
 from ae_core import BatchResult
 
 
-def result_records(res: BatchResult, channels: tuple[str, ...]) -> list[dict[str, Any]]:
-    """One dict per event: score, threshold (None in warm-up), is_anomaly, contributions."""
+def result_records(res: BatchResult, channels: tuple[str, ...],
+                   rows: np.ndarray | None = None) -> list[dict[str, Any]]:
+    """One dict per event (or per event in ``rows``): score, threshold (None in warm-up),
+    is_anomaly, contributions."""
+    pick = slice(None) if rows is None else rows
     names = np.asarray(channels, dtype=object)
-    top_names = names[res.top_channels].tolist()
-    shares = np.round(res.top_shares, 4).tolist()
-    scores, errors = res.score.tolist(), res.error.tolist()
-    thresholds = [None if math.isnan(t) else t for t in res.threshold.tolist()]
-    flags = res.is_anomaly.tolist()
-    latent = res.latent.tolist() if res.latent is not None else None
+    top_names = names[res.top_channels[pick]].tolist()
+    shares = np.round(res.top_shares[pick], 4).tolist()
+    scores, errors = res.score[pick].tolist(), res.error[pick].tolist()
+    thresholds = [None if math.isnan(t) else t for t in res.threshold[pick].tolist()]
+    flags = res.is_anomaly[pick].tolist()
+    latent = res.latent[pick].tolist() if res.latent is not None else None
     records = []
     for i in range(len(scores)):
         record = {
@@ -48,13 +51,20 @@ class RunSummary:
     segments: list[tuple[int, int]] = field(default_factory=list)
     top_channels: Counter[str] = field(default_factory=Counter)
     invalid_reasons: Counter[str] = field(default_factory=Counter)
+    labelled: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
     output: str = ""
     errors_output: str = ""
 
-    def add(self, index: np.ndarray, res: BatchResult, channels: tuple[str, ...]) -> None:
+    def add(self, index: np.ndarray, res: BatchResult, channels: tuple[str, ...],
+            labels: np.ndarray | None = None) -> None:
         self.scored += len(res)
-        self.live += int((~np.isnan(res.threshold)).sum())
+        live = ~np.isnan(res.threshold)
+        self.live += int(live.sum())
+        if labels is not None:
+            truth, flags = labels[live] > 0.5, res.is_anomaly[live]
+            self.labelled.update(tp=int((truth & flags).sum()), fp=int((~truth & flags).sum()),
+                                 fn=int((truth & ~flags).sum()), tn=int((~truth & ~flags).sum()))
         flagged = index[res.is_anomaly]
         self.anomalies += len(flagged)
         for channel in res.top_channels[res.is_anomaly, 0].tolist():
@@ -91,6 +101,13 @@ class RunSummary:
         if self.segments:
             more = f" (+{len(self.segments) - 12} more)" if len(self.segments) > 12 else ""
             lines.append(f"flagged rows: {shown}{more}")
+        if self.labelled:
+            m = self.labelled
+            precision = m["tp"] / max(1, m["tp"] + m["fp"])
+            recall = m["tp"] / max(1, m["tp"] + m["fn"])
+            far = m["fp"] / max(1, m["fp"] + m["tn"])
+            lines.append(f"against the label column (judged events): precision {precision:.3f}  "
+                         f"recall {recall:.3f}  false-alarm rate {far:.4f}")
         if self.top_channels:
             lines.append("worst channel of flagged events: " + ", ".join(
                 f"{name} ({count})" for name, count in self.top_channels.most_common(5)))

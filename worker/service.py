@@ -77,6 +77,8 @@ class Worker:
     # -- life cycle -------------------------------------------------------------------------------
     def run(self) -> RunStats:
         k, svc = self.settings.kafka, self.settings.service
+        import torch._dynamo  # noqa: F401  (the optimiser imports it on first use: seconds, not a batch's job)
+
         ensure_topics(k, [*k.input_topics, k.output_topic, k.dlq_topic], k.create_topics)
         self._consumer = make_consumer(k)
         self._producer = make_producer(k)
@@ -178,9 +180,9 @@ class Worker:
         res = det.process_many(np.vstack([g.values for g in good]), np.array([g.key for g in good]))
         flagged = np.flatnonzero(res.is_anomaly)
         if len(flagged):
-            records = result_records(res, det.config.names)
-            for i in flagged.tolist():
-                sends.append(self._publish_anomaly(tp, good_msgs[i], good[i], records[i], det.config.names))
+            records = result_records(res, det.config.names, flagged)
+            for i, record in zip(flagged.tolist(), records):
+                sends.append(self._publish_anomaly(tp, good_msgs[i], good[i], record, det.config.names))
             self.stats.anomalies += len(flagged)
             self.metrics.anomalies.labels(tp.topic).inc(len(flagged))
         labels = (tp.topic, str(tp.partition))
@@ -268,12 +270,16 @@ class _Rebalance(ConsumerRebalanceListener):
         self.worker = worker
 
     def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        if not revoked:
+            return
         logger.info("partitions revoked: %s", sorted(f"{tp.topic}-{tp.partition}" for tp in revoked))
         self.worker.release(list(revoked))
         self.worker._assigned -= set(revoked)
         self.worker.metrics.assigned.set(len(self.worker._assigned))
 
     def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        if not assigned:
+            return
         logger.info("partitions assigned: %s", sorted(f"{tp.topic}-{tp.partition}" for tp in assigned))
         for tp in assigned:
             if tp not in self.worker.states:

@@ -28,25 +28,26 @@ class DetectorSettings(BaseModel):
     bottleneck: int | None = Field(None, ge=1, description="bottleneck width q < n (default about n/3)")
     output_activation: Literal["sigmoid", "identity"] = Field(
         "identity", description="sigmoid for [0,1] inputs (BCE), identity for unbounded (MSE)")
-    loss: Literal["mse", "bce"] | None = None
-    penalty: Literal["l2", "l1"] = "l2"
-    penalty_weight: float = Field(1e-5, ge=0)
+    loss: Literal["mse", "bce"] | None = Field(None, description="default: bce for sigmoid, mse for identity")
+    penalty: Literal["l2", "l1"] = Field("l2", description="weight penalty: l2 (sum of squares) or l1")
+    penalty_weight: float = Field(1e-5, ge=0, description="lambda of the penalty over every weight and bias")
     denoise_sigma: float = Field(0.0, ge=0, description="Gaussian input noise while training (denoising AE)")
-    learning_rate: float = Field(3e-3, gt=0)
+    learning_rate: float = Field(3e-3, gt=0, description="Adam learning rate")
     batch_size: int = Field(64, ge=1, description="events per learning step")
     learn_steps: int = Field(2, ge=1, description="optimisation steps per mini-batch")
     fit_steps: int = Field(256, ge=0, description="steps on the remembered warm-up events when warm-up ends")
     memory_size: int = Field(1024, ge=0, description="recent normal events rehearsed in later steps")
-    scaling: Literal["minmax", "standard"] | None = None
+    scaling: Literal["minmax", "standard"] | None = Field(
+        None, description="online scaling; default: minmax for sigmoid, standard for identity")
     learn_on_anomalies: bool = Field(False, description="also learn from flagged events")
     relearn_rate: float = Field(0.5, gt=0, le=1, description="learn flagged events too once this share of "
                                 "the recent stream is flagged (1 = never)")
     warmup: int = Field(256, ge=0, description="events learned but never flagged at the start")
-    smoothing: float = Field(0.1, gt=0, le=1, description="EMA factor of the score per key (1 = none)")
-    threshold_k: float = Field(4.0, gt=0, description="threshold = exp(mean + k*std) of log-scores")
+    smoothing: float = Field(0.1, gt=0, le=1, description="EWMA factor of the residuals per key (1 = none)")
+    threshold_k: float = Field(4.0, gt=0, description="threshold = (mean + k*std)^3 of cube-rooted normal scores")
     threshold_window: int = Field(4096, ge=1, description="events the threshold statistics cover")
     top_k: int = Field(3, ge=1, description="contributing channels reported per event")
-    seed: int = 0
+    seed: int = Field(0, description="seeds weights, sampling and noise: same seed, same output")
 
     @field_validator("hidden", mode="before")
     @classmethod
@@ -68,11 +69,11 @@ class InputSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    sep: str = Field(",", min_length=1, max_length=1)
-    time_column: str | None = None
-    key_column: str | None = None
-    label_column: str | None = None
-    ignore_columns: Annotated[tuple[str, ...], NoDecode] = ()
+    sep: str = Field(",", min_length=1, max_length=1, description="CSV separator")
+    time_column: str | None = Field(None, description="column copied to the output as the event time")
+    key_column: str | None = Field(None, description="device id column: separate windows and smoothing")
+    label_column: str | None = Field(None, description="0/1 labels, never fed to the model")
+    ignore_columns: Annotated[tuple[str, ...], NoDecode] = Field((), description="comma-separated columns to leave out")
 
     @field_validator("ignore_columns", mode="before")
     @classmethod
@@ -87,28 +88,31 @@ class KafkaSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    bootstrap_servers: str = Field("127.0.0.1:9092", min_length=1)
-    input_topics: Annotated[tuple[str, ...], NoDecode] = Field(("sensor-readings",), min_length=1)
-    output_topic: str = Field("anomalies", min_length=1)
-    dlq_topic: str = Field("sensor-readings-dlq", min_length=1)
-    group_id: str = Field("ae-worker", min_length=1)
-    client_id: str = "ae-worker"
-    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    bootstrap_servers: str = Field("127.0.0.1:9092", min_length=1, description="host:port[,host:port]")
+    input_topics: Annotated[tuple[str, ...], NoDecode] = Field(
+        ("sensor-readings",), min_length=1, description="topics to consume, comma-separated")
+    output_topic: str = Field("anomalies", min_length=1, description="where flagged events are published")
+    dlq_topic: str = Field("sensor-readings-dlq", min_length=1, description="malformed events, with the reason")
+    group_id: str = Field("ae-worker", min_length=1, description="consumer group: workers of a group share partitions")
+    client_id: str = Field("ae-worker", description="client id seen by the brokers")
+    auto_offset_reset: Literal["earliest", "latest"] = Field(
+        "earliest", description="where a group without committed offsets starts")
     max_poll_records: int = Field(500, ge=1, description="most events per mini-batch")
     poll_timeout_ms: int = Field(200, ge=1, description="longest wait for a mini-batch to fill")
-    session_timeout_ms: int = Field(10_000, ge=1000)
-    max_poll_interval_ms: int = Field(300_000, ge=1000)
+    session_timeout_ms: int = Field(10_000, ge=1000, description="group session timeout")
+    max_poll_interval_ms: int = Field(300_000, ge=1000, description="longest gap between polls (/healthz)")
     create_topics: bool = Field(False, description="create missing topics instead of failing")
-    topic_partitions: int = Field(1, ge=1)
-    topic_replication: int = Field(1, ge=1)
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
-    sasl_username: str | None = None
-    sasl_password: SecretStr | None = None
-    ssl_cafile: str | None = None
-    ssl_certfile: str | None = None
-    ssl_keyfile: str | None = None
-    ssl_password: SecretStr | None = None
+    topic_partitions: int = Field(1, ge=1, description="partitions of topics the worker creates")
+    topic_replication: int = Field(1, ge=1, description="replication factor of topics the worker creates")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="passed to kafka-python as is")
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(None, description="SASL")
+    sasl_username: str | None = Field(None, description="SASL user")
+    sasl_password: SecretStr | None = Field(None, description="SASL password (secret: never logged)")
+    ssl_cafile: str | None = Field(None, description="CA bundle (PEM)")
+    ssl_certfile: str | None = Field(None, description="client certificate (PEM)")
+    ssl_keyfile: str | None = Field(None, description="client key (PEM)")
+    ssl_password: SecretStr | None = Field(None, description="client key password (secret: never logged)")
 
     @field_validator("input_topics", mode="before")
     @classmethod
@@ -141,7 +145,7 @@ class ServiceSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    metrics_host: str = "127.0.0.1"
+    metrics_host: str = Field("127.0.0.1", description="address of the metrics/health endpoint")
     metrics_port: int = Field(9108, ge=0, le=65535, description="Prometheus /metrics, /healthz, /readyz (0 = off)")
     max_events: int | None = Field(None, ge=1, description="exit 0 after this many events")
     idle_timeout: float | None = Field(None, gt=0, description="exit 0 after this many seconds without events")
@@ -160,8 +164,8 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = KafkaSettings()
     events: EventSettings = EventSettings()
     service: ServiceSettings = ServiceSettings()
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    log_json: bool = False
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level")
+    log_json: bool = Field(False, description="one JSON object per log line")
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -1,0 +1,94 @@
+"""Worker throughput against bare kafka-python consumption, in one run on the local broker.
+
+    scripts/kafka/broker.sh up
+    python bench/kafka_throughput.py [--bootstrap 127.0.0.1:9092] [--events 200000] [--features 8]
+
+Fills a fresh one-partition topic with simulated events, then reads it twice from the start:
+a bare KafkaConsumer poll loop (no parsing), and ``ae-worker run`` (parse, validate, score,
+learn, publish anomalies, commit). Prints both rates, their ratio, and p50/p99 batch latency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from kafka import KafkaConsumer, KafkaProducer  # noqa: E402
+
+from worker.kafka_io import ensure_topics  # noqa: E402
+from worker.service import Worker  # noqa: E402
+from worker.settings import load_settings  # noqa: E402
+from worker.simulate import channel_names, simulate  # noqa: E402
+
+
+def fill(bootstrap: str, topic: str, X: np.ndarray) -> None:
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=256 * 1024)
+    names = channel_names(X.shape[1])
+    for i, row in enumerate(X.tolist()):
+        event = {"key": "pump-1", "timestamp": 1_700_000_000_000 + i * 1000, "readings": dict(zip(names, row))}
+        producer.send(topic, key=b"pump-1", value=orjson.dumps(event))
+    producer.flush()
+    producer.close()
+
+
+def bare_rate(bootstrap: str, topic: str, total: int, max_poll_records: int) -> float:
+    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=f"bare-{uuid.uuid4().hex[:6]}",
+                             auto_offset_reset="earliest", enable_auto_commit=False,
+                             max_poll_records=max_poll_records)
+    seen, started = 0, None
+    while seen < total:
+        records = consumer.poll(timeout_ms=500)
+        if records and started is None:
+            started = time.perf_counter()
+        seen += sum(len(v) for v in records.values())
+    elapsed = time.perf_counter() - (started or time.perf_counter())
+    consumer.commit()
+    consumer.close()
+    return total / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--bootstrap", default="127.0.0.1:9092")
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--features", type=int, default=8)
+    parser.add_argument("--max-poll-records", type=int, default=2000)
+    args = parser.parse_args()
+    topic = f"bench-{uuid.uuid4().hex[:8]}"
+    settings = load_settings(
+        kafka={"bootstrap_servers": args.bootstrap, "input_topics": topic, "output_topic": f"{topic}-out",
+               "dlq_topic": f"{topic}-dlq", "group_id": f"{topic}-worker", "create_topics": True,
+               "max_poll_records": args.max_poll_records},
+        service={"metrics_port": 0, "max_events": args.events})
+    ensure_topics(settings.kafka, [topic], create=True)
+    X, _, _ = simulate(args.events, args.features, seed=0)
+    fill(args.bootstrap, topic, X)
+    bare = bare_rate(args.bootstrap, topic, args.events, args.max_poll_records)
+    worker = Worker(settings)
+    started = time.perf_counter()
+    stats = worker.run()
+    # the worker's clock starts at its first batch, like the bare consumer's: group join excluded
+    busy = sum(worker.batch_latencies)
+    wall = time.perf_counter() - started
+    lat = np.array(worker.batch_latencies) * 1000
+    first_batch_at = wall - busy
+    rate = stats.events / max(busy, 1e-9)
+    print(f"events: {stats.events}  features: {args.features}  max_poll_records: {args.max_poll_records}")
+    print(f"bare kafka-python consume : {bare:>10,.0f} events/s")
+    print(f"ae-worker run (in batches): {rate:>10,.0f} events/s   ratio {rate / bare:.2f}")
+    print(f"ae-worker run (wall, incl. polls and group join {first_batch_at:.1f}s): "
+          f"{stats.events / wall:>10,.0f} events/s")
+    print(f"batch latency p50 {np.percentile(lat, 50):.1f} ms  p99 {np.percentile(lat, 99):.1f} ms  "
+          f"({stats.batches} batches, {stats.anomalies} anomalies)")
+
+
+if __name__ == "__main__":
+    main()
