@@ -38,7 +38,7 @@ class DetectorConfig:
     denoise_sigma: float = 0.0
     learning_rate: float = 3e-3
     # online learning
-    batch_size: int = 64
+    batch_size: int = 256
     learn_steps: int = 2
     fit_steps: int = 256
     memory_size: int = 1024
@@ -48,7 +48,7 @@ class DetectorConfig:
     # decision
     warmup: int = 256
     smoothing: float = 0.1
-    threshold_k: float = 4.0
+    threshold_k: float = 5.0
     threshold_window: int = 4096
     top_k: int = 3
     seed: int = 0

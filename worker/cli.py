@@ -144,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = settings_from_args(args)
         configure_logging(settings.log_level, settings.log_json)
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
         from worker import commands
 
         return int(getattr(commands, args.command)(args, settings) or 0)

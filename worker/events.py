@@ -5,9 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Annotated, Any
+from typing import Annotated
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
 
 Reading = Annotated[float, Strict(), Field(allow_inf_nan=False)]
@@ -28,12 +27,17 @@ class SensorEvent(BaseModel):
     readings: dict[str, Reading] | list[Reading]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ParsedEvent:
     key: str
-    timestamp: str | None
-    values: np.ndarray
-    extra: dict[str, Any]
+    values: list[float]
+    event_time: datetime | None
+    record_ts_ms: int | None
+
+    @property
+    def timestamp(self) -> str | None:
+        """ISO 8601, from the event or else the record; formatted only when asked (anomalies)."""
+        return self.event_time.isoformat() if self.event_time else _ms_to_iso(self.record_ts_ms)
 
 
 class EventError(ValueError):
@@ -65,30 +69,29 @@ class EventParser:
         key = event.key or (record_key.decode("utf-8", "replace") if record_key else None)
         if key is None:
             raise EventError("missing_field", "no key: neither a 'key' field nor a record key")
-        values = self._vector(event.readings)
-        stamp = event.timestamp.isoformat() if event.timestamp else _ms_to_iso(record_ts_ms)
-        return ParsedEvent(key, stamp, values, dict(event.model_extra or {}))
+        return ParsedEvent(key, self._vector(event.readings), event.timestamp, record_ts_ms)
 
-    def _vector(self, readings: dict[str, float] | list[float]) -> np.ndarray:
+    def _vector(self, readings: dict[str, float] | list[float]) -> list[float]:
         if isinstance(readings, list):
             if self.channels is None:
                 raise EventError("schema", "readings is a list but no channel names are configured")
             if len(readings) != len(self.channels):
                 raise EventError("schema", f"{len(readings)} readings for {len(self.channels)} channels")
-            return np.asarray(readings, dtype=np.float64)
+            return readings
         if self.channels is None:
             if not readings:
                 raise EventError("schema", "readings is empty")
             # The first valid event fixes the channels, in its order, for the life of the worker
             # (the order of a recording's columns, so replay and run build the same model).
             self.channels = tuple(readings)
-        missing = [c for c in self.channels if c not in readings]
-        if missing:
-            raise EventError("missing_field", f"missing channel {missing[0]!r}")
+        try:
+            values = [readings[c] for c in self.channels]
+        except KeyError as exc:
+            raise EventError("missing_field", f"missing channel {exc.args[0]!r}") from None
         if not self.allow_unknown and len(readings) > len(self.channels):
             unknown = sorted(set(readings) - set(self.channels))
             raise EventError("unknown_channel", f"unknown channel {unknown[0]!r}")
-        return np.fromiter((readings[c] for c in self.channels), dtype=np.float64, count=len(self.channels))
+        return values
 
 
 def _kind(exc: ValidationError) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -69,17 +70,14 @@ class Replay:
     def _process(self, batch: RowBatch, channels: tuple[str, ...], summary: RunSummary) -> None:
         assert self.detector is not None
         res = self.detector.process_many(batch.values, batch.keys, latent=self.emit_latent)
-        records = result_records(res, channels)
-        for i, record in enumerate(records):
-            row = {"index": int(batch.index[i])}
-            if batch.times is not None:
-                row["time"] = batch.times[i]
-            if batch.keys is not None:
-                row["key"] = batch.keys[i]
-            if batch.labels is not None:
-                row["label"] = float(batch.labels[i])
-            row.update(record)
-            records[i] = row
+        leading: dict[str, list[Any]] = {"index": batch.index.tolist()}
+        if batch.times is not None:
+            leading["time"] = batch.times
+        if batch.keys is not None:
+            leading["key"] = batch.keys
+        if batch.labels is not None:
+            leading["label"] = batch.labels.tolist()
+        records = result_records(res, channels, leading=leading)
         invalid = [{"index": index, "invalid": reason, "raw": raw} for index, reason, raw in batch.bad]
         for item in invalid:
             summary.add_invalid(item["invalid"])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,31 +11,28 @@ import numpy as np
 from ae_core import BatchResult
 
 
-def result_records(res: BatchResult, channels: tuple[str, ...],
-                   rows: np.ndarray | None = None) -> list[dict[str, Any]]:
-    """One dict per event (or per event in ``rows``): score, threshold (None in warm-up),
-    is_anomaly, contributions."""
+def result_records(res: BatchResult, channels: tuple[str, ...], rows: np.ndarray | None = None,
+                   leading: dict[str, list[Any]] | None = None) -> list[dict[str, Any]]:
+    """One dict per event (or per event in ``rows``): the ``leading`` columns first, then score,
+    reconstruction error, threshold (None in warm-up), is_anomaly and contributions."""
     pick = slice(None) if rows is None else rows
     names = np.asarray(channels, dtype=object)
-    top_names = names[res.top_channels[pick]].tolist()
-    shares = np.round(res.top_shares[pick], 4).tolist()
-    scores, errors = res.score[pick].tolist(), res.error[pick].tolist()
-    thresholds = [None if math.isnan(t) else t for t in res.threshold[pick].tolist()]
-    flags = res.is_anomaly[pick].tolist()
-    latent = res.latent[pick].tolist() if res.latent is not None else None
-    records = []
-    for i in range(len(scores)):
-        record = {
-            "score": scores[i],
-            "reconstruction_error": errors[i],
-            "threshold": thresholds[i],
-            "is_anomaly": flags[i],
-            "contributions": [{"channel": n, "share": s} for n, s in zip(top_names[i], shares[i])],
-        }
-        if latent is not None:
-            record["latent"] = latent[i]
-        records.append(record)
-    return records
+    contributions = [[{"channel": n, "share": s} for n, s in zip(ns, ss)]
+                     for ns, ss in zip(names[res.top_channels[pick]].tolist(),
+                                       np.round(res.top_shares[pick], 4).tolist())]
+    thresholds = [None if t != t else t for t in res.threshold[pick].tolist()]  # NaN -> None
+    columns: dict[str, list[Any]] = {
+        **(leading or {}),
+        "score": res.score[pick].tolist(),
+        "reconstruction_error": res.error[pick].tolist(),
+        "threshold": thresholds,
+        "is_anomaly": res.is_anomaly[pick].tolist(),
+        "contributions": contributions,
+    }
+    if res.latent is not None:
+        columns["latent"] = res.latent[pick].tolist()
+    keys = list(columns)
+    return [dict(zip(keys, values)) for values in zip(*columns.values())]
 
 
 @dataclass

@@ -177,7 +177,7 @@ class Worker:
         if not good:
             return sends
         det = state.detector
-        res = det.process_many(np.vstack([g.values for g in good]), np.array([g.key for g in good]))
+        res = det.process_many(np.array([g.values for g in good]), np.array([g.key for g in good]))
         flagged = np.flatnonzero(res.is_anomaly)
         if len(flagged):
             records = result_records(res, det.config.names, flagged)
@@ -198,7 +198,7 @@ class Worker:
             "key": event.key,
             "timestamp": event.timestamp,
             **record,
-            "readings": dict(zip(channels, event.values.tolist())),
+            "readings": dict(zip(channels, event.values)),
             "source": {"topic": tp.topic, "partition": tp.partition, "offset": msg.offset},
         }
         del payload["is_anomaly"]

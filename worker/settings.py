@@ -33,7 +33,7 @@ class DetectorSettings(BaseModel):
     penalty_weight: float = Field(1e-5, ge=0, description="lambda of the penalty over every weight and bias")
     denoise_sigma: float = Field(0.0, ge=0, description="Gaussian input noise while training (denoising AE)")
     learning_rate: float = Field(3e-3, gt=0, description="Adam learning rate")
-    batch_size: int = Field(64, ge=1, description="events per learning step")
+    batch_size: int = Field(256, ge=1, description="events per learning step")
     learn_steps: int = Field(2, ge=1, description="optimisation steps per mini-batch")
     fit_steps: int = Field(256, ge=0, description="steps on the remembered warm-up events when warm-up ends")
     memory_size: int = Field(1024, ge=0, description="recent normal events rehearsed in later steps")
@@ -44,7 +44,7 @@ class DetectorSettings(BaseModel):
                                 "the recent stream is flagged (1 = never)")
     warmup: int = Field(256, ge=0, description="events learned but never flagged at the start")
     smoothing: float = Field(0.1, gt=0, le=1, description="EWMA factor of the residuals per key (1 = none)")
-    threshold_k: float = Field(4.0, gt=0, description="threshold = (mean + k*std)^3 of cube-rooted normal scores")
+    threshold_k: float = Field(5.0, gt=0, description="threshold = (mean + k*std)^3 of cube-rooted normal scores")
     threshold_window: int = Field(4096, ge=1, description="events the threshold statistics cover")
     top_k: int = Field(3, ge=1, description="contributing channels reported per event")
     seed: int = Field(0, description="seeds weights, sampling and noise: same seed, same output")
@@ -166,6 +166,7 @@ class Settings(BaseSettings):
     service: ServiceSettings = ServiceSettings()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level")
     log_json: bool = Field(False, description="one JSON object per log line")
+    torch_threads: int = Field(1, ge=1, description="torch intra-op threads (small networks: 1 is fastest)")
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -137,6 +137,31 @@ class Recording:
             yield self._to_batch(chunk)
 
     def _to_batch(self, chunk: list[tuple[int, dict[str, Any] | None, str]]) -> RowBatch:
+        fast = None if self.is_jsonl else self._csv_fast_path(chunk)
+        return fast or self._to_batch_row_by_row(chunk)
+
+    def _csv_fast_path(self, chunk: list[tuple[int, dict[str, Any] | None, str]]) -> RowBatch | None:
+        """All rows well-formed and numeric: convert the chunk in one numpy call (None otherwise)."""
+        o = self.options
+        if any(fields is None for _, fields, _ in chunk):
+            return None
+        rows = [fields for _, fields, _ in chunk]
+        try:
+            values = np.array([[f[c] for c in self.channels] for f in rows], dtype=np.float64)
+            labels = np.array([f[o.label_column] for f in rows], dtype=np.float64) if o.label_column else None
+        except ValueError:
+            return None
+        if not np.isfinite(values).all() or (labels is not None and not np.isfinite(labels).all()):
+            return None
+        return RowBatch(
+            index=np.array([index for index, _, _ in chunk], dtype=np.int64),
+            values=values.reshape(len(rows), len(self.channels)),
+            times=[f[o.time_column] for f in rows] if o.time_column else None,
+            keys=[f[o.key_column] for f in rows] if o.key_column else None,
+            labels=labels,
+        )
+
+    def _to_batch_row_by_row(self, chunk: list[tuple[int, dict[str, Any] | None, str]]) -> RowBatch:
         o = self.options
         good_index, values, times, keys, labels, bad = [], [], [], [], [], []
         for index, fields, raw in chunk:
