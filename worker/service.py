@@ -51,6 +51,8 @@ class RunStats:
     anomalies: int = 0
     dead_letters: int = 0
     batches: int = 0
+    first_records_at: float | None = None  # perf_counter when the first poll brought events
+    last_commit_at: float | None = None  # perf_counter after the last commit
 
 
 class Worker:
@@ -115,8 +117,11 @@ class Worker:
                 continue
             idle_since = time.monotonic()
             started = time.perf_counter()
+            if self.stats.first_records_at is None:
+                self.stats.first_records_at = started
             self.process(records)
-            elapsed = time.perf_counter() - started
+            self.stats.last_commit_at = time.perf_counter()
+            elapsed = self.stats.last_commit_at - started
             self.metrics.batch_seconds.observe(elapsed)
             self.batch_latencies.append(elapsed)
             del self.batch_latencies[:-10_000]
