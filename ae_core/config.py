@@ -48,7 +48,10 @@ class DetectorConfig:
     # decision
     warmup: int = 256
     smoothing: float = 0.1
+    threshold_rule: Literal["sigma", "quantile"] = "sigma"
     threshold_k: float = 5.0
+    threshold_quantile: float = 0.99
+    threshold_margin: float = 1.5
     threshold_window: int = 4096
     top_k: int = 3
     seed: int = 0
@@ -70,6 +73,12 @@ class DetectorConfig:
             raise ConfigError("smoothing", f"must be in (0, 1], got {self.smoothing}")
         if not 0 < self.relearn_rate <= 1:
             raise ConfigError("relearn_rate", f"must be in (0, 1], got {self.relearn_rate}")
+        if self.threshold_rule not in ("sigma", "quantile"):
+            raise ConfigError("threshold_rule", f"must be 'sigma' or 'quantile', got {self.threshold_rule!r}")
+        if not 0 < self.threshold_quantile < 1:
+            raise ConfigError("threshold_quantile", f"must be in (0, 1), got {self.threshold_quantile}")
+        if not self.threshold_margin > 0:
+            raise ConfigError("threshold_margin", f"must be > 0, got {self.threshold_margin}")
         if not self.threshold_k > 0:
             raise ConfigError("threshold_k", f"must be > 0, got {self.threshold_k}")
         if self.threshold_window < self.batch_size:

@@ -16,7 +16,7 @@ from ae_core.losses import add_penalty_gradient, feature_errors
 from ae_core.network import Autoencoder
 from ae_core.scaling import OnlineScaler
 from ae_core.scoring import ResidualScorer
-from ae_core.threshold import AdaptiveThreshold
+from ae_core.threshold import AdaptiveThreshold, QuantileThreshold
 from ae_core.windowing import SlidingWindow
 
 logger = logging.getLogger(__name__)
@@ -83,7 +83,12 @@ class AutoencoderDetector:
         self.optimizer = torch.optim.Adam(self._params, lr=c.learning_rate, fused=True)
         self.scaler = OnlineScaler(c.n_features, c.resolved_scaling)
         self.scorer = ResidualScorer(c.n_features, c.smoothing)
-        self.threshold = AdaptiveThreshold(c.threshold_k, max(1, c.threshold_window // c.batch_size))
+        self.threshold: AdaptiveThreshold | QuantileThreshold
+        if c.threshold_rule == "quantile":
+            self.threshold = QuantileThreshold(c.threshold_quantile, c.threshold_margin, c.threshold_window,
+                                               c.batch_size)
+        else:
+            self.threshold = AdaptiveThreshold(c.threshold_k, max(1, c.threshold_window // c.batch_size))
         self.windows = SlidingWindow(c.window, c.n_channels)
         self.memory = np.zeros((c.memory_size, c.n_features))
         self.memory_count = 0

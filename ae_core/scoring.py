@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.signal import lfilter
 
+from ae_core.keys import per_key
 from ae_core.scaling import OnlineScaler
 
 
@@ -30,14 +31,7 @@ class ResidualScorer:
         """EWMA of each key's residuals, continuing from the state its last events left."""
         if self.smoothing == 1.0:
             return residuals
-        if keys is None:
-            return self._smooth_key("", residuals)
-        out = np.empty_like(residuals)
-        uniq, inverse = np.unique(keys, return_inverse=True)
-        for i, key in enumerate(uniq):
-            mask = inverse == i
-            out[mask] = self._smooth_key(str(key), residuals[mask])
-        return out
+        return per_key(residuals, keys, self._smooth_key, residuals.shape[1])
 
     def _smooth_key(self, key: str, residuals: np.ndarray) -> np.ndarray:
         a = self.smoothing

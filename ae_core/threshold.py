@@ -69,3 +69,45 @@ class AdaptiveThreshold:
     def load_state(self, batches: list[list[float]]) -> None:
         self._batches = deque(stats.Var._from_state(n, m, v) for n, m, v in batches)
         self._rebuild()
+
+
+class QuantileThreshold:
+    """``margin`` times a rolling quantile of recent normal events' scores
+    (:class:`river.stats.RollingQuantile` over the last ``window`` scores).
+
+    Makes no assumption on the score's distribution; ``q`` sets the expected false-alarm rate
+    on a stationary stream (about ``1 - q``), ``margin`` above 1 trades recall for fewer alarms.
+    """
+
+    def __init__(self, q: float, margin: float, window: int, batch_size: int) -> None:
+        self.q = q
+        self.margin = margin
+        self.window = window
+        self.window_batches = max(1, window // batch_size)
+        self._scores: deque[float] = deque(maxlen=window)
+        self._quantile = stats.RollingQuantile(q, window_size=window)
+
+    def update_many(self, scores: np.ndarray) -> None:
+        for score in np.asarray(scores, dtype=np.float64).tolist():
+            self._quantile.update(score)
+            self._scores.append(score)
+
+    @property
+    def n(self) -> float:
+        return float(len(self._scores))
+
+    def get(self) -> float | None:
+        if len(self._scores) < 2:
+            return None
+        return self.margin * self._quantile.get()
+
+    def reset(self) -> None:
+        self._scores.clear()
+        self._quantile = stats.RollingQuantile(self.q, window_size=self.window)
+
+    def state(self) -> list[float]:
+        return list(self._scores)
+
+    def load_state(self, scores: list[float]) -> None:
+        self.reset()
+        self.update_many(np.asarray(scores, dtype=np.float64))

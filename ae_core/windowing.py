@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from ae_core.keys import per_key
+
 
 class SlidingWindow:
     """Turns rows of C channels into rows of ``W * C`` features, per key.
@@ -22,15 +24,7 @@ class SlidingWindow:
     def transform(self, X: np.ndarray, keys: np.ndarray | None) -> np.ndarray:
         if self.width == 1:
             return X
-        out = np.empty((len(X), self.width * self.n_channels))
-        if keys is None:
-            out[:] = self._extend("", X)
-            return out
-        uniq, inverse = np.unique(keys, return_inverse=True)
-        for i, key in enumerate(uniq):
-            mask = inverse == i
-            out[mask] = self._extend(str(key), X[mask])
-        return out
+        return per_key(X, keys, self._extend, self.width * self.n_channels)
 
     def _extend(self, key: str, rows: np.ndarray) -> np.ndarray:
         past = self.history.get(key)

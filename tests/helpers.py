@@ -12,6 +12,7 @@ CONFIGS = {
     "l1-denoise": dict(n_channels=5, penalty="l1", denoise_sigma=0.1),
     "window": dict(n_channels=2, window=4),
     "no-smoothing-small-batch": dict(n_channels=5, smoothing=1.0, batch_size=8, memory_size=0),
+    "quantile-threshold": dict(n_channels=5, threshold_rule="quantile", batch_size=32),
 }
 
 

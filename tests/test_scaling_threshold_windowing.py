@@ -82,3 +82,17 @@ def test_sliding_window_is_the_same_however_the_rows_are_split() -> None:
     parts = np.concatenate([split.transform(X[:3], None), split.transform(X[3:4], None), split.transform(X[4:], None)])
     np.testing.assert_array_equal(whole, parts)
     assert whole[-1].tolist() == X[6:10].ravel().tolist()
+
+
+def test_quantile_threshold_is_margin_times_rolling_quantile() -> None:
+    from ae_core.threshold import QuantileThreshold
+
+    th = QuantileThreshold(q=0.5, margin=2.0, window=4, batch_size=2)
+    assert th.get() is None
+    th.update_many(np.array([100.0, 100.0]))
+    th.update_many(np.array([1.0, 2.0, 3.0, 4.0]))  # the window keeps the last four
+    assert th.get() == pytest.approx(2.0 * np.quantile([1.0, 2.0, 3.0, 4.0], 0.5), rel=0.3)
+    assert th.get() < 100.0
+    restored = QuantileThreshold(q=0.5, margin=2.0, window=4, batch_size=2)
+    restored.load_state(th.state())
+    assert restored.get() == th.get()

@@ -6,9 +6,9 @@ names (``AE_DETECTOR__THRESHOLD_K=5``), or from a ``.env`` file; command-line fl
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as SourceError
 
@@ -16,6 +16,18 @@ from ae_core import ConfigError, DetectorConfig
 from worker.errors import SettingsError
 
 ENV_PREFIX = "AE_"
+T = TypeVar("T")
+
+
+def _split_commas(value: object) -> object:
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value
+
+
+# "a,b,c" from the environment or a flag; a JSON list or tuple from code. NoDecode keeps
+# pydantic-settings from parsing the environment value as JSON first.
+CommaSeparated = Annotated[tuple[T, ...], NoDecode, BeforeValidator(_split_commas)]
 
 
 class DetectorSettings(BaseModel):
@@ -24,7 +36,7 @@ class DetectorSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     window: int = Field(1, ge=1, description="sliding window W: the model sees the last W readings of a key")
-    hidden: Annotated[tuple[int, ...], NoDecode] = Field((32, 16), description="hidden layer widths, encoder side")
+    hidden: CommaSeparated[int] = Field((32, 16), description="hidden layer widths, encoder side")
     bottleneck: int | None = Field(None, ge=1, description="bottleneck width q < n (default about n/3)")
     output_activation: Literal["sigmoid", "identity"] = Field(
         "identity", description="sigmoid for [0,1] inputs (BCE), identity for unbounded (MSE)")
@@ -44,17 +56,15 @@ class DetectorSettings(BaseModel):
                                 "the recent stream is flagged (1 = never)")
     warmup: int = Field(256, ge=0, description="events learned but never flagged at the start")
     smoothing: float = Field(0.1, gt=0, le=1, description="EWMA factor of the residuals per key (1 = none)")
+    threshold_rule: Literal["sigma", "quantile"] = Field(
+        "sigma", description="sigma: (mean + k*std)^3 of cube roots; quantile: margin * rolling quantile")
+    threshold_quantile: float = Field(0.99, gt=0, lt=1, description="quantile of normal scores (rule quantile)")
+    threshold_margin: float = Field(1.5, gt=0, description="multiplier of that quantile (rule quantile)")
     threshold_k: float = Field(5.0, gt=0, description="threshold = (mean + k*std)^3 of cube-rooted normal scores")
     threshold_window: int = Field(4096, ge=1, description="events the threshold statistics cover")
     top_k: int = Field(3, ge=1, description="contributing channels reported per event")
     seed: int = Field(0, description="seeds weights, sampling and noise: same seed, same output")
 
-    @field_validator("hidden", mode="before")
-    @classmethod
-    def _split_hidden(cls, value: object) -> object:
-        if isinstance(value, str):
-            return tuple(int(part) for part in value.split(",") if part.strip())
-        return value
 
     def to_config(self, n_channels: int, channel_names: tuple[str, ...] | None = None) -> DetectorConfig:
         try:
@@ -73,14 +83,8 @@ class InputSettings(BaseModel):
     time_column: str | None = Field(None, description="column copied to the output as the event time")
     key_column: str | None = Field(None, description="device id column: separate windows and smoothing")
     label_column: str | None = Field(None, description="0/1 labels, never fed to the model")
-    ignore_columns: Annotated[tuple[str, ...], NoDecode] = Field((), description="comma-separated columns to leave out")
+    ignore_columns: CommaSeparated[str] = Field((), description="comma-separated columns to leave out")
 
-    @field_validator("ignore_columns", mode="before")
-    @classmethod
-    def _split_columns(cls, value: object) -> object:
-        if isinstance(value, str):
-            return tuple(part.strip() for part in value.split(",") if part.strip())
-        return value
 
 
 class KafkaSettings(BaseModel):
@@ -89,7 +93,7 @@ class KafkaSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     bootstrap_servers: str = Field("127.0.0.1:9092", min_length=1, description="host:port[,host:port]")
-    input_topics: Annotated[tuple[str, ...], NoDecode] = Field(
+    input_topics: CommaSeparated[str] = Field(
         ("sensor-readings",), min_length=1, description="topics to consume, comma-separated")
     output_topic: str = Field("anomalies", min_length=1, description="where flagged events are published")
     dlq_topic: str = Field("sensor-readings-dlq", min_length=1, description="malformed events, with the reason")
@@ -114,12 +118,6 @@ class KafkaSettings(BaseModel):
     ssl_keyfile: str | None = Field(None, description="client key (PEM)")
     ssl_password: SecretStr | None = Field(None, description="client key password (secret: never logged)")
 
-    @field_validator("input_topics", mode="before")
-    @classmethod
-    def _split_topics(cls, value: object) -> object:
-        if isinstance(value, str):
-            return tuple(part.strip() for part in value.split(",") if part.strip())
-        return value
 
 
 class EventSettings(BaseModel):
@@ -127,17 +125,11 @@ class EventSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    channels: Annotated[tuple[str, ...], NoDecode] | None = Field(
+    channels: CommaSeparated[str] | None = Field(
         None, description="channel names in model order; required when readings are lists")
     allow_unknown_channels: bool = Field(False, description="ignore extra channels instead of dead-lettering")
     max_event_bytes: int = Field(65_536, ge=16, description="larger events go to the dead-letter topic")
 
-    @field_validator("channels", mode="before")
-    @classmethod
-    def _split_channels(cls, value: object) -> object:
-        if isinstance(value, str):
-            return tuple(part.strip() for part in value.split(",") if part.strip())
-        return value
 
 
 class ServiceSettings(BaseModel):
