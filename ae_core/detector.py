@@ -9,6 +9,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
+from river.base import AnomalyDetector
 from torch import nn
 
 from ae_core.config import DetectorConfig
@@ -51,8 +52,8 @@ class BatchResult:
         })
 
 
-class AutoencoderDetector:
-    """Online autoencoder anomaly detector with a river-like API.
+class AutoencoderDetector(AnomalyDetector):
+    """Online autoencoder anomaly detector; a river anomaly detector (usable in a river pipeline).
 
     * :meth:`score_many` / :meth:`score_one`: reconstruction error of model-input vectors; pure.
     * :meth:`learn_many` / :meth:`learn_one`: update the scaler, then one optimisation step

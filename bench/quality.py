@@ -9,7 +9,9 @@ experiments). Protocols follow ../shared/data/README.md.
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -86,6 +88,77 @@ def asd(data: Path, detector: DetectorSettings, with_hst: bool) -> dict[str, obj
     return rows
 
 
+NAB_WINDOW = 12  # readings per model input for the univariate NAB series
+
+
+def nab(data: Path, detector: DetectorSettings, with_hst: bool) -> dict[str, object]:
+    """NAB's standard-profile score over the files at hand, with a sliding window of readings."""
+    windows = json.loads((data / "nab" / "labels" / "combined_windows.json").read_text())
+    opts = InputOptions(time_column="timestamp")
+    det = detector.model_copy(update={"window": NAB_WINDOW})
+    files, raw, null, perfect = {}, 0.0, 0.0, 0.0
+    for path in sorted((data / "nab" / "data").glob("*/*.csv")):
+        name = f"{path.parent.name}/{path.name}"
+        stamps = [line.split(",")[0] for line in path.read_text().splitlines()[1:]]
+        spans = [(_row_at(stamps, a), _row_at(stamps, b)) for a, b in windows.get(name, [])]
+        probation = min(750, int(0.15 * len(stamps)))
+        t = replay(path, opts, det)
+        labels = np.zeros(len(stamps))
+        for a, b in spans:
+            labels[a:b + 1] = 1.0
+        flags = t["flags"].astype(bool)
+        # An alert is the start of a run of flagged rows: that is what pages someone.
+        alerts = flags & ~np.r_[False, flags[:-1]]
+        score = nab_file_score(alerts, spans, probation)
+        row = {"windows": len(spans), "nab_raw": round(score, 3),
+               "detected": sum(bool(t["flags"][max(a, probation):b + 1].any()) for a, b in spans),
+               "false_alerts": int((alerts[probation:] & (labels[probation:] == 0)).sum())}
+        if labels[probation:].any():
+            row["auc_pr"] = average_precision(labels[probation:], t["score"][probation:])
+            if with_hst:
+                hst = hst_scores(path, opts, NAB_WINDOW)
+                row["hst_auc_pr"] = average_precision(labels[probation:], hst[probation:])
+        files[name] = row
+        raw += score
+        null -= len(spans)
+        perfect += len(spans) * _scaled_sigmoid(-1.0)
+    return {"normalised_score": 100 * (raw - null) / (perfect - null), "files": files}
+
+
+def nab_file_score(flags: np.ndarray, spans: list[tuple[int, int]], probation: int,
+                   tp_weight: float = 1.0, fp_weight: float = 0.11, fn_weight: float = 1.0) -> float:
+    """NAB's sweeper, standard profile: the first detection in a window earns up to +1 (earlier
+    is better), a detection outside every window costs up to 0.11 (less just after a window),
+    a window without detection costs 1; the probation period is not scored."""
+    total, detected = 0.0, set()
+    for i in np.flatnonzero(flags).tolist():
+        if i < probation:
+            continue
+        inside = [k for k, (a, b) in enumerate(spans) if a <= i <= b]
+        if inside:
+            k = inside[0]
+            if k not in detected:
+                a, b = spans[k]
+                detected.add(k)
+                total += tp_weight * _scaled_sigmoid(-(b - i + 1) / (b - a + 1))
+            continue
+        before = [(a, b) for a, b in spans if b < i]
+        if before:
+            a, b = before[-1]
+            total += fp_weight * _scaled_sigmoid(abs(b - i) / max(1, b - a))
+        else:
+            total -= fp_weight
+    return total - fn_weight * (len(spans) - len(detected))
+
+
+def _scaled_sigmoid(position: float) -> float:
+    return -1.0 if position > 3.0 else 2.0 / (1.0 + math.exp(5.0 * position)) - 1.0
+
+
+def _row_at(stamps: list[str], stamp: str) -> int:
+    return bisect.bisect_left(stamps, stamp[:19])
+
+
 def best_f1(y: np.ndarray, s: np.ndarray) -> float:
     order = np.argsort(-s)
     tp = np.cumsum(y[order] > 0.5)
@@ -97,7 +170,7 @@ def best_f1(y: np.ndarray, s: np.ndarray) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
-    parser.add_argument("--only", default="skab,asd")
+    parser.add_argument("--only", default="skab,asd,nab")
     parser.add_argument("--set", action="append", default=[], help="detector setting key=value")
     parser.add_argument("--no-hst", action="store_true", help="skip the HalfSpaceTrees baseline")
     args = parser.parse_args()
@@ -109,6 +182,8 @@ def main() -> None:
         report["skab_valve1"] = skab(data, detector, not args.no_hst)
     if "asd" in args.only:
         report["asd"] = asd(data, detector, not args.no_hst)
+    if "nab" in args.only:
+        report["nab"] = nab(data, detector, not args.no_hst)
     report["seconds"] = round(time.perf_counter() - started, 1)
     print(json.dumps(report, indent=1, default=float))
 

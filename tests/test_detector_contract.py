@@ -119,3 +119,22 @@ def test_bad_readings_are_refused(name: str) -> None:
     with pytest.raises(ValueError, match="shape"):
         det.process_many(np.zeros((3, det.config.n_channels + 1)))
     assert det.events_seen == 0
+
+
+def test_works_as_a_river_anomaly_detector_in_a_pipeline(name: str) -> None:
+    from river import compose, preprocessing
+    from river.base import AnomalyDetector
+
+    det = AutoencoderDetector(config(name))
+    assert isinstance(det, AnomalyDetector)
+    model = compose.Pipeline(preprocessing.StandardScaler(), det)
+    rows = det.windows.transform(correlated(150, det.config.n_channels), None)
+    scores = []
+    for row in rows:
+        x = dict(zip(det.feature_names, row))
+        scores.append(model.score_one(x))
+        model.learn_one(x)
+    assert det.batches_learned == 150 and all(np.isfinite(scores))
+    odd = dict(zip(det.feature_names, rows[-1] + 50.0))
+    assert model.score_one(odd) > np.median(scores[-50:])
+    assert det.clone().config == det.config and det.clone().batches_learned == 0
