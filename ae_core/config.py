@@ -46,7 +46,7 @@ class DetectorConfig:
     learn_on_anomalies: bool = False
     relearn_rate: float = 0.5
     # decision
-    warmup: int = 256
+    warmup: int = 512
     smoothing: float = 0.1
     threshold_rule: Literal["sigma", "quantile"] = "sigma"
     threshold_k: float = 5.0

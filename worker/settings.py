@@ -54,7 +54,7 @@ class DetectorSettings(BaseModel):
     learn_on_anomalies: bool = Field(False, description="also learn from flagged events")
     relearn_rate: float = Field(0.5, gt=0, le=1, description="learn flagged events too once this share of "
                                 "the recent stream is flagged (1 = never)")
-    warmup: int = Field(256, ge=0, description="events learned but never flagged at the start")
+    warmup: int = Field(512, ge=0, description="events learned but never flagged at the start")
     smoothing: float = Field(0.1, gt=0, le=1, description="EWMA factor of the residuals per key (1 = none)")
     threshold_rule: Literal["sigma", "quantile"] = Field(
         "sigma", description="sigma: (mean + k*std)^3 of cube roots; quantile: margin * rolling quantile")
