@@ -242,3 +242,29 @@ def test_missing_topic_fails_clearly_unless_creation_is_asked(kafka: str, topic_
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2
     assert f"topic '{topic_prefix}-absent' does not exist" in err and "--create-topics" in err
+
+
+def test_a_failed_publish_stops_the_worker_before_the_commit(kafka: str, topic_prefix: str, tmp_path: Path) -> None:
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+
+    from worker.service import PublishError
+
+    admin = KafkaAdminClient(bootstrap_servers=kafka)
+    # the broker rejects every anomaly record: larger than the output topic allows
+    admin.create_topics([NewTopic(f"{topic_prefix}-out", 1, 1, topic_configs={"max.message.bytes": "128"})])
+    admin.close()
+    s = settings(kafka, topic_prefix, max_poll_records=100, service={"state_dir": str(tmp_path / "state")})
+    rec = recording_file(tmp_path, 3000, seed=5)
+    produce(rec, s.kafka, f"{topic_prefix}-in", "pump-2", speed=0, create=True)
+    worker = Worker(s)
+    with pytest.raises(PublishError):
+        worker.run()
+    done = committed(kafka, f"{topic_prefix}-group", TopicPartition(f"{topic_prefix}-in", 0)) or 0
+    assert worker.stats.anomalies >= 1
+    assert 0 < worker.stats.events - done <= 100  # the failed batch, and only it, stays uncommitted
+    saved = list((tmp_path / "state").glob("*.ckpt"))
+    if saved:  # the last saved detector never runs ahead of the committed offsets
+        from ae_core.checkpoint import load_detector_with_metadata
+
+        assert load_detector_with_metadata(saved[0])[1]["next_offset"] <= done

@@ -17,7 +17,9 @@ from typing import Any
 
 import numpy as np
 import orjson
+import torch._dynamo  # noqa: F401  (torch.optim imports it on first use: seconds, not a batch's job)
 from kafka import ConsumerRebalanceListener, TopicPartition
+from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from ae_core import AutoencoderDetector
@@ -71,6 +73,7 @@ class Worker:
         self._producer: Any = None
         self.health: HealthServer | None = None
         self._assigned: set[TopicPartition] = set()
+        self._unpublished = False  # a batch's outputs are not yet confirmed by the broker
 
     def assignment(self) -> set[TopicPartition]:
         """Partitions this worker owns now (empty before it joined its group)."""
@@ -79,15 +82,13 @@ class Worker:
     # -- life cycle -------------------------------------------------------------------------------
     def run(self) -> RunStats:
         k, svc = self.settings.kafka, self.settings.service
-        import torch._dynamo  # noqa: F401  (the optimiser imports it on first use: seconds, not a batch's job)
-
         ensure_topics(k, [*k.input_topics, k.output_topic, k.dlq_topic], k.create_topics)
-        self._consumer = make_consumer(k)
-        self._producer = make_producer(k)
-        self._consumer.subscribe(list(k.input_topics), listener=_Rebalance(self))
-        logger.info("consuming %s as group %r; anomalies -> %s, dead letters -> %s",
-                    ",".join(k.input_topics), k.group_id, k.output_topic, k.dlq_topic)
         try:
+            self._consumer = make_consumer(k)
+            self._producer = make_producer(k)
+            self._consumer.subscribe(list(k.input_topics), listener=_Rebalance(self))
+            logger.info("consuming %s as group %r; anomalies -> %s, dead letters -> %s",
+                        ",".join(k.input_topics), k.group_id, k.output_topic, k.dlq_topic)
             if svc.metrics_port:
                 self.health = HealthServer(self.metrics, svc.metrics_host, svc.metrics_port,
                                            stale_after=k.max_poll_interval_ms / 1000).start()
@@ -141,6 +142,7 @@ class Worker:
 
     # -- one mini-batch -----------------------------------------------------------------------------
     def process(self, records: dict[TopicPartition, list[Any]]) -> None:
+        self._unpublished = True
         sends: list[Any] = []
         commits: dict[TopicPartition, OffsetAndMetadata] = {}
         for tp, messages in records.items():
@@ -151,10 +153,14 @@ class Worker:
                 continue
             sends += self._process_partition(tp, messages)
             commits[tp] = OffsetAndMetadata(messages[-1].offset + 1, "", -1)
-        self._producer.flush()
+        try:
+            self._producer.flush()
+        except KafkaError as exc:
+            raise PublishError(f"flushing the producer failed, offsets not committed: {exc!r}") from exc
         failed = [f.exception for f in sends if f.failed()]
         if failed:
             raise PublishError(f"{len(failed)} sends failed, offsets not committed: {failed[0]}")
+        self._unpublished = False
         for tp in commits:
             self._save_state(tp)
         if commits:
@@ -252,7 +258,9 @@ class Worker:
 
     def _save_state(self, tp: TopicPartition, force: bool = False) -> None:
         path, state = self._state_path(tp), self.states.get(tp)
-        if path is None or state is None:
+        if path is None or state is None or self._unpublished:
+            # After a failed batch the detectors are ahead of what was published: keep the last
+            # saved state; the batch is replayed from the committed offsets.
             return
         if not force and time.monotonic() - state.saved_at < STATE_SAVE_SECONDS:
             return
@@ -261,10 +269,21 @@ class Worker:
                                              "partition": tp.partition})
         state.saved_at = time.monotonic()
 
+    def take(self, tps: list[TopicPartition]) -> None:
+        """Partitions assigned to this worker: restore their saved detectors, if any."""
+        for tp in tps:
+            if tp not in self.states:
+                self.restore(tp)
+        self._assigned |= set(tps)
+        self.metrics.assigned.set(len(self._assigned))
+
     def release(self, tps: list[TopicPartition]) -> None:
+        """Partitions revoked: every batch was committed before this poll, so save and let go."""
         for tp in tps:
             self._save_state(tp, force=True)
             self.states.pop(tp, None)
+        self._assigned -= set(tps)
+        self.metrics.assigned.set(len(self._assigned))
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -279,15 +298,9 @@ class _Rebalance(ConsumerRebalanceListener):
             return
         logger.info("partitions revoked: %s", sorted(f"{tp.topic}-{tp.partition}" for tp in revoked))
         self.worker.release(list(revoked))
-        self.worker._assigned -= set(revoked)
-        self.worker.metrics.assigned.set(len(self.worker._assigned))
 
     def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         if not assigned:
             return
         logger.info("partitions assigned: %s", sorted(f"{tp.topic}-{tp.partition}" for tp in assigned))
-        for tp in assigned:
-            if tp not in self.worker.states:
-                self.worker.restore(tp)
-        self.worker._assigned |= set(assigned)
-        self.worker.metrics.assigned.set(len(self.worker._assigned))
+        self.worker.take(list(assigned))
