@@ -32,7 +32,8 @@ kafka-down:
 	scripts/kafka/broker.sh down
 
 lint: $(STAMP)
-	$(BIN)/ruff check ae_core worker tests bench
+	$(BIN)/ruff check ae_core worker tests bench scripts
+	$(BIN)/mypy
 
 clean:
 	rm -rf ae-output .pytest_cache

@@ -6,6 +6,7 @@ import logging
 import math
 from collections import deque
 from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,11 +46,12 @@ class BatchResult:
 
     @staticmethod
     def concat(parts: list[BatchResult]) -> BatchResult:
-        return BatchResult(**{
+        joined: dict[str, Any] = {
             f.name: None if getattr(parts[0], f.name) is None
             else np.concatenate([getattr(p, f.name) for p in parts])
             for f in fields(BatchResult)
-        })
+        }
+        return BatchResult(**joined)
 
 
 class AutoencoderDetector(AnomalyDetector):
@@ -117,10 +119,10 @@ class AutoencoderDetector(AnomalyDetector):
     def learn_many(self, X: np.ndarray) -> None:
         self._learn(np.asarray(X, dtype=np.float64))
 
-    def score_one(self, x: dict[str, float]) -> float:
+    def score_one(self, x: dict[Any, Any]) -> float:
         return float(self.score_many(self._vector(x))[0])
 
-    def learn_one(self, x: dict[str, float]) -> None:
+    def learn_one(self, x: dict[Any, Any]) -> None:
         self.learn_many(self._vector(x))
 
     def encode(self, X: np.ndarray) -> np.ndarray:
@@ -300,7 +302,7 @@ class AutoencoderDetector(AnomalyDetector):
             return self.memory[: self.memory_count]
         return np.roll(self.memory, -(self.memory_count % size), axis=0)
 
-    def _vector(self, x: dict[str, float]) -> np.ndarray:
+    def _vector(self, x: dict[Any, Any]) -> np.ndarray:
         return np.array([[float(x[name]) for name in self.feature_names]])
 
 

@@ -18,7 +18,7 @@ parameter; ``tests/test_losses.py`` checks the two agree.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch.nn import functional as F
@@ -47,7 +47,7 @@ def penalty(parameters: Iterable[torch.Tensor], kind: str, weight: float) -> tor
     return weight * total
 
 
-def add_penalty_gradient(parameters: list[torch.Tensor], kind: str, weight: float) -> None:
+def add_penalty_gradient(parameters: Sequence[torch.Tensor], kind: str, weight: float) -> None:
     """Add the gradient of :func:`penalty` to each parameter's ``.grad`` in place."""
     if weight == 0.0:
         return

@@ -97,9 +97,8 @@ class QuantileThreshold:
         return float(len(self._scores))
 
     def get(self) -> float | None:
-        if len(self._scores) < 2:
-            return None
-        return self.margin * self._quantile.get()
+        value = self._quantile.get() if len(self._scores) >= 2 else None
+        return None if value is None else self.margin * value
 
     def reset(self) -> None:
         self._scores.clear()
