@@ -110,6 +110,14 @@ def test_anomalies_topic_holds_exactly_what_replay_flags(kafka: str, topic_prefi
     assert headers["ae-source"] == f"{topic_prefix}-in/0/{offsets[0]}".encode()
     assert committed(kafka, f"{topic_prefix}-group", TopicPartition(f"{topic_prefix}-in", 0)) == 4000
     assert "ae_events_total" in seen.get("metrics", "") and seen.get("healthz") == "ok\n"
+    registry = worker.metrics.registry
+    labels = {"topic": f"{topic_prefix}-in", "partition": "0"}
+    assert registry.get_sample_value("ae_events_total", {"topic": labels["topic"]}) == 4000
+    assert registry.get_sample_value("ae_anomalies_total", {"topic": labels["topic"]}) == len(offsets)
+    assert registry.get_sample_value("ae_consumer_lag", labels) == 0
+    assert registry.get_sample_value("ae_threshold", labels) > 0
+    assert registry.get_sample_value("ae_training_loss", labels) > 0
+    assert registry.get_sample_value("ae_batch_seconds_count") == stats.batches
 
 
 MALFORMED = {
@@ -268,3 +276,33 @@ def test_a_failed_publish_stops_the_worker_before_the_commit(kafka: str, topic_p
         from ae_core.checkpoint import load_detector_with_metadata
 
         assert load_detector_with_metadata(saved[0])[1]["next_offset"] <= done
+
+
+def test_record_then_replay_reproduces_the_original_flags(kafka: str, topic_prefix: str, tmp_path: Path) -> None:
+    from worker.cli import main
+
+    s = settings(kafka, topic_prefix)
+    rec = recording_file(tmp_path, 1500, seed=6)
+    produce(rec, s.kafka, f"{topic_prefix}-in", "pump-3", speed=0, create=True)
+    recorded = tmp_path / "recorded.jsonl"
+    assert main(["record", "--bootstrap-servers", kafka, "--topic", f"{topic_prefix}-in", "-o", str(recorded)]) == 0
+    first = json.loads(recorded.read_text().splitlines()[0])
+    assert first["key"] == "pump-3" and first["timestamp"] and "pump_pressure" in first
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    assert main(["replay", str(rec.path), "-o", str(a), "--time-column", "timestamp", "--label-column", "anomaly"]) == 0
+    assert main(["replay", str(recorded), "-o", str(b), "--time-column", "timestamp", "--key-column", "key",
+                 "--label-column", "label"]) == 0
+    flags = [[json.loads(line)["is_anomaly"] for line in f.read_text().splitlines()] for f in (a, b)]
+    assert len(flags[1]) == 1500 and flags[0] == flags[1] and any(flags[0])
+
+
+def test_produce_keeps_the_recording_pace_times_the_speed(kafka: str, topic_prefix: str, tmp_path: Path) -> None:
+    s = settings(kafka, topic_prefix)
+    X, labels, _ = simulate(11, 2, seed=0)
+    path = tmp_path / "slow.csv"
+    write_recording(path, X, labels, every_seconds=60.0)  # 10 minutes of readings
+    started = time.monotonic()
+    produce(Recording(path, InputOptions(time_column="timestamp")), s.kafka, f"{topic_prefix}-in", "k",
+            speed=600.0, create=True)  # 600x faster: at least one second
+    assert time.monotonic() - started >= 1.0
+    assert len(read_topic(kafka, f"{topic_prefix}-in")) == 11

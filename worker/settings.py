@@ -170,7 +170,7 @@ def load_settings(**overrides: object) -> Settings:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         first = exc.errors()[0]
-        name = ENV_PREFIX + "__".join(str(part) for part in first["loc"]).upper()
+        name = ENV_PREFIX + "__".join(str(part) for part in first["loc"] if not isinstance(part, int)).upper()
         raise SettingsError(f"invalid setting {name}: {first['msg']} (got {first.get('input')!r})") from exc
     except SourceError as exc:
         raise SettingsError(f"invalid setting: {exc}") from exc
