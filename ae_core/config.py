@@ -49,7 +49,7 @@ class DetectorConfig:
     warmup: int = 512
     smoothing: float = 0.1
     threshold_rule: Literal["sigma", "quantile"] = "sigma"
-    threshold_k: float = 5.0
+    threshold_k: float = 4.5
     threshold_quantile: float = 0.99
     threshold_margin: float = 1.5
     threshold_window: int = 4096

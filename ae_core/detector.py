@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from collections import deque
@@ -217,21 +218,46 @@ class AutoencoderDetector(AnomalyDetector):
         A few learning steps per mini-batch leave the network far from converged after a short
         warm-up, and the statistics full of the untrained model's residuals. So once, when the
         warm-up ends, the network takes ``fit_steps`` steps on samples of the remembered warm-up
-        events, and the score statistics and the threshold restart from the fitted model's
-        residuals on those events, in time order.
+        events. The score statistics and the threshold restart from *out-of-sample* residuals of
+        those events (each half scored by a network fitted on the other half): residuals of the
+        events a network was just fitted on are too small, and a threshold built on them cries
+        wolf on the next, unseen events (on SKAB: FAR 14.3% -> 9.6% at k=5, F1 0.771 -> 0.765).
         """
         c = self.config
         rows = self._remembered()
         if len(rows) < 2:
             return
-        for _ in range(c.fit_steps):
-            sample = rows[self._rng.integers(0, len(rows), size=min(c.batch_size, len(rows)))]
-            self._step(self.scaler.transform(sample))
-        smoothed = self.scorer.restart(self._reconstruct(rows)[0])
+        held_out = self._cross_fitted_residuals(rows) if len(rows) >= 4 else None
+        self._fit(rows)
+        residuals = held_out if held_out is not None else self._reconstruct(rows)[0]
+        smoothed = self.scorer.restart(residuals)
         scores = self.scorer.squared_deviations(smoothed).mean(axis=1)
         self.threshold.reset()
         for start in range(0, len(scores), c.batch_size):
             self.threshold.update_many(scores[start:start + c.batch_size])
+
+    def _cross_fitted_residuals(self, rows: np.ndarray) -> np.ndarray:
+        """Residuals of ``rows`` (time order), each half reconstructed by a network fitted on
+        the other half from the current weights; the weights are put back afterwards."""
+        weights = copy.deepcopy(self.module.state_dict())
+        moments = copy.deepcopy(self.optimizer.state_dict())
+        half = len(rows) // 2
+        out = []
+        for train, test in ((rows[:half], rows[half:]), (rows[half:], rows[:half])):
+            self.module.load_state_dict(weights)
+            self.optimizer.load_state_dict(moments)
+            self._fit(train)
+            out.append(self._reconstruct(test)[0])
+        self.module.load_state_dict(weights)
+        self.optimizer.load_state_dict(moments)
+        return np.concatenate([out[1], out[0]])
+
+    def _fit(self, rows: np.ndarray) -> None:
+        """``fit_steps`` optimisation steps on random mini-batches of ``rows``."""
+        c = self.config
+        for _ in range(c.fit_steps):
+            sample = rows[self._rng.integers(0, len(rows), size=min(c.batch_size, len(rows)))]
+            self._step(self.scaler.transform(sample))
 
     def _contributions(self, deviations: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         c = self.config

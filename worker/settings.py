@@ -60,7 +60,7 @@ class DetectorSettings(BaseModel):
         "sigma", description="sigma: (mean + k*std)^3 of cube roots; quantile: margin * rolling quantile")
     threshold_quantile: float = Field(0.99, gt=0, lt=1, description="quantile of normal scores (rule quantile)")
     threshold_margin: float = Field(1.5, gt=0, description="multiplier of that quantile (rule quantile)")
-    threshold_k: float = Field(5.0, gt=0, description="threshold = (mean + k*std)^3 of cube-rooted normal scores")
+    threshold_k: float = Field(4.5, gt=0, description="threshold = (mean + k*std)^3 of cube-rooted normal scores")
     threshold_window: int = Field(4096, ge=1, description="events the threshold statistics cover")
     top_k: int = Field(3, ge=1, description="contributing channels reported per event")
     seed: int = Field(0, description="seeds weights, sampling and noise: same seed, same output")
