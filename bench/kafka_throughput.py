@@ -61,6 +61,8 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--features", type=int, default=8)
     parser.add_argument("--max-poll-records", type=int, default=2000)
+    parser.add_argument("--anomaly-every", type=int, default=700,
+                        help="events between injected anomalies (larger: fewer anomalies to publish)")
     args = parser.parse_args()
     topic = f"bench-{uuid.uuid4().hex[:8]}"
     settings = load_settings(
@@ -69,7 +71,7 @@ def main() -> None:
                "max_poll_records": args.max_poll_records},
         service={"metrics_port": 0, "max_events": args.events})
     ensure_topics(settings.kafka, [topic], create=True)
-    X, _, _ = simulate(args.events, args.features, seed=0)
+    X, _, _ = simulate(args.events, args.features, seed=0, anomaly_every=args.anomaly_every)
     fill(args.bootstrap, topic, X)
     bare = bare_rate(args.bootstrap, topic, args.events, args.max_poll_records)
     worker = Worker(settings)
