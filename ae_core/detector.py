@@ -147,6 +147,11 @@ class AutoencoderDetector(AnomalyDetector):
             raise ValueError(f"expected shape (N, {c.n_channels}), got {X.shape}")
         if not np.isfinite(X).all():
             raise ValueError("readings must be finite; drop NaN and infinite values upstream")
+        if len(X) == 0:
+            k = min(c.top_k, c.n_channels)
+            empty = np.empty(0)
+            return BatchResult(empty, empty, empty, empty.astype(bool), np.empty((0, k), dtype=np.int64),
+                               np.empty((0, k)), np.empty((0, c.resolved_bottleneck)) if latent else None)
         key_arr = None if keys is None else np.asarray(keys, dtype=str)
         features = self.windows.transform(X, key_arr)
         parts, start = [], 0

@@ -151,3 +151,12 @@ def test_default_replay_runs_on_the_embedded_recording(tmp_path: Path, capsys) -
     assert len(lines(out)) == 20_000
     captured = capsys.readouterr()
     assert "simulated recording" in captured.err and "anomalies:" in captured.out
+
+
+def test_a_recording_of_only_bad_rows_is_reported_not_crashed(tmp_path: Path, capsys) -> None:
+    src = tmp_path / "bad.csv"
+    src.write_text("a,b\n" + "\n".join(["x,1", ",2", "nan,3"]) + "\n")
+    out = tmp_path / "o.jsonl"
+    assert main(["replay", str(src), "-o", str(out)]) == 0
+    assert [r["index"] for r in lines(out)] == [0, 1, 2] and all("invalid" in r for r in lines(out))
+    assert "invalid: 3" in capsys.readouterr().out

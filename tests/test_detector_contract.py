@@ -138,3 +138,11 @@ def test_works_as_a_river_anomaly_detector_in_a_pipeline(name: str) -> None:
     odd = dict(zip(det.feature_names, rows[-1] + 50.0))
     assert model.score_one(odd) > np.median(scores[-50:])
     assert det.clone().config == det.config and det.clone().batches_learned == 0
+
+
+def test_an_empty_batch_changes_nothing(name: str) -> None:
+    det, _ = trained(name)
+    before = dumps(det)
+    res = det.process_many(np.zeros((0, det.config.n_channels)), latent=True)
+    assert len(res) == 0 and res.top_channels.shape[0] == 0 and res.latent is not None
+    assert dumps(det) == before
