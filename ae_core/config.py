@@ -8,6 +8,10 @@ from typing import Any, Literal
 
 from ae_core.errors import ConfigError
 
+# Larger magnitudes overflow the running statistics (squares of 1e155 are inf) and would poison
+# the model; no sensor reports them, so they are refused as invalid input.
+MAX_ABS_READING = 1e15
+
 Output = Literal["sigmoid", "identity"]
 Loss = Literal["mse", "bce"]
 Penalty = Literal["l2", "l1"]

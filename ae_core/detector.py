@@ -14,7 +14,7 @@ import torch
 from river.base import AnomalyDetector
 from torch import nn
 
-from ae_core.config import DetectorConfig
+from ae_core.config import MAX_ABS_READING, DetectorConfig
 from ae_core.losses import add_penalty_gradient, feature_errors
 from ae_core.network import Autoencoder
 from ae_core.scaling import OnlineScaler
@@ -137,7 +137,7 @@ class AutoencoderDetector(AnomalyDetector):
     def process_many(self, X: np.ndarray, keys: np.ndarray | None = None, latent: bool = False) -> BatchResult:
         """Score, decide, and learn from a mini-batch of raw channel readings, in order.
 
-        ``X`` has shape ``(N, n_channels)`` and only finite values; ``keys`` (optional, one
+        ``X`` has shape ``(N, n_channels)`` and finite values within ``MAX_ABS_READING``; ``keys`` (one
         string per event) separates the sliding windows and the score smoothing of devices.
         With ``latent`` the result also holds each event's bottleneck code (:meth:`encode`).
         """
@@ -145,8 +145,8 @@ class AutoencoderDetector(AnomalyDetector):
         X = np.asarray(X, dtype=np.float64)
         if X.ndim != 2 or X.shape[1] != c.n_channels:
             raise ValueError(f"expected shape (N, {c.n_channels}), got {X.shape}")
-        if not np.isfinite(X).all():
-            raise ValueError("readings must be finite; drop NaN and infinite values upstream")
+        if not (np.abs(X) <= MAX_ABS_READING).all():  # also False for NaN
+            raise ValueError(f"readings must be finite and within +-{MAX_ABS_READING:g}; drop others upstream")
         if len(X) == 0:
             k = min(c.top_k, c.n_channels)
             empty = np.empty(0)

@@ -54,7 +54,8 @@ def test_replay_to_stdout_puts_summary_on_stderr(recording: Path, capsys) -> Non
 
 def test_bad_rows_are_reported_and_do_not_stop_the_run(tmp_path: Path, capsys) -> None:
     good = [f"{i},{i % 7}.5,{(i * 3) % 11}.25,0" for i in range(400)]
-    bad = {50: "50,abc,1.0,0", 51: "51,,1.0,0", 52: "52,nan,1.0,0", 53: "53,inf,1.0,0", 54: "54,1.0"}
+    bad = {50: "50,abc,1.0,0", 51: "51,,1.0,0", 52: "52,nan,1.0,0", 53: "53,inf,1.0,0", 54: "54,1.0",
+           55: "55,1e300,1.0,0"}
     rows = [bad.get(i, row) for i, row in enumerate(good)]
     src = tmp_path / "with spaces.csv"
     src.write_text("t,temp a,press b,label\n" + "\n".join(rows) + "\n")
@@ -63,13 +64,14 @@ def test_bad_rows_are_reported_and_do_not_stop_the_run(tmp_path: Path, capsys) -
     result = lines(out)
     assert [r["index"] for r in result] == list(range(400))
     reasons = {r["index"]: r["invalid"] for r in result if "invalid" in r}
-    assert sorted(reasons) == [50, 51, 52, 53, 54]
+    assert sorted(reasons) == [50, 51, 52, 53, 54, 55]
     assert "not a number" in reasons[50] and "missing" in reasons[51]
     assert "not finite" in reasons[52] and "not finite" in reasons[53] and "malformed" in reasons[54]
+    assert "out of range" in reasons[55]
     errors = lines(Path(f"{out}.errors.jsonl"))
-    assert [e["index"] for e in errors] == [50, 51, 52, 53, 54] and errors[0]["raw"] == "50,abc,1.0,0"
+    assert [e["index"] for e in errors] == [50, 51, 52, 53, 54, 55] and errors[0]["raw"] == "50,abc,1.0,0"
     assert all(isinstance(r["score"], float) for r in result if "invalid" not in r)
-    assert "invalid: 5" in capsys.readouterr().out
+    assert "invalid: 6" in capsys.readouterr().out
 
 
 def test_evaluate_json_and_plot(recording: Path, tmp_path: Path, capsys) -> None:

@@ -125,6 +125,7 @@ MALFORMED = {
     "wrong_type": json.dumps({"key": "d", "readings": {"a": "high", "b": 1.0}}).encode(),
     "not_finite": b'{"key": "d", "readings": {"a": NaN, "b": 1.0}}',
     "missing_field": json.dumps({"key": "d", "readings": {"a": 1.0}}).encode(),
+    "out_of_range": json.dumps({"key": "d", "readings": {"a": 1e300, "b": 1.0}}).encode(),
     "unknown_channel": json.dumps({"key": "d", "readings": {"a": 1.0, "b": 2.0, "c": 3.0}}).encode(),
     "oversize": json.dumps({"key": "d", "readings": {"a": 1.0, "b": 2.0}, "pad": "x" * 5000}).encode(),
 }

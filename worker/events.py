@@ -9,7 +9,9 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
 
-Reading = Annotated[float, Strict(), Field(allow_inf_nan=False)]
+from ae_core.config import MAX_ABS_READING
+
+Reading = Annotated[float, Strict(), Field(allow_inf_nan=False, ge=-MAX_ABS_READING, le=MAX_ABS_READING)]
 
 
 class SensorEvent(BaseModel):
@@ -100,8 +102,10 @@ def _kind(exc: ValidationError) -> str:
         return "not_json"
     if first["type"] == "missing":
         return "missing_field"
-    if first["type"] in ("finite_number",):
+    if first["type"] == "finite_number":
         return "not_finite"
+    if first["type"] in ("greater_than_equal", "less_than_equal"):
+        return "out_of_range"
     return "wrong_type"
 
 

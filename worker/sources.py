@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from ae_core.config import MAX_ABS_READING
 from worker.errors import InputFormatError
 
 logger = logging.getLogger(__name__)
@@ -52,6 +53,8 @@ def parse_reading(value: Any) -> float:
         raise ValueError(f"not a number: {value!r}") from None
     if not math.isfinite(number):
         raise ValueError(f"not finite: {value!r}")
+    if abs(number) > MAX_ABS_READING:
+        raise ValueError(f"out of range (|x| > {MAX_ABS_READING:g}): {value!r}")
     return number
 
 
@@ -151,7 +154,7 @@ class Recording:
             labels = np.array([f[o.label_column] for f in rows], dtype=np.float64) if o.label_column else None
         except ValueError:
             return None
-        if not np.isfinite(values).all() or (labels is not None and not np.isfinite(labels).all()):
+        if not (np.abs(values) <= MAX_ABS_READING).all() or (labels is not None and not np.isfinite(labels).all()):
             return None
         return RowBatch(
             index=np.array([index for index, _, _ in chunk], dtype=np.int64),
