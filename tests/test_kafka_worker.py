@@ -307,3 +307,46 @@ def test_produce_keeps_the_recording_pace_times_the_speed(kafka: str, topic_pref
             speed=600.0, create=True)  # 600x faster: at least one second
     assert time.monotonic() - started >= 1.0
     assert len(read_topic(kafka, f"{topic_prefix}-in")) == 11
+
+
+def test_a_worker_joining_mid_stream_loses_and_repeats_nothing(kafka: str, topic_prefix: str) -> None:
+    s = settings(kafka, topic_prefix, topic_partitions=4, max_poll_records=50, service={"idle_timeout": 6})
+    from worker.kafka_io import ensure_topics
+
+    ensure_topics(s.kafka, [f"{topic_prefix}-in"], create=True)
+    total = 12_000
+
+    def feed() -> None:  # a live stream: 500 events every 0.25 s
+        producer = KafkaProducer(bootstrap_servers=kafka)
+        rng = np.random.default_rng(2)
+        for i in range(total):
+            device = f"dev-{i % 8}"
+            a = float(rng.normal())
+            producer.send(f"{topic_prefix}-in", key=device.encode(),
+                          value=json.dumps({"key": device, "readings": {"a": a, "b": 2 * a}}).encode())
+            if i % 500 == 499:
+                producer.flush()
+                time.sleep(0.25)
+        producer.flush()
+        producer.close()
+
+    feeder = threading.Thread(target=feed)
+    first, second = Worker(s), Worker(s)
+    threads = [threading.Thread(target=first.run), threading.Thread(target=second.run)]
+    feeder.start()
+    threads[0].start()
+    deadline = time.monotonic() + 60
+    while first.stats.events < 1000 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    threads[1].start()  # joins the group: partitions are revoked from the first worker mid-stream
+    feeder.join(timeout=120)
+    for t in threads:
+        t.join(timeout=180)
+    assert first.stats.events > 1000 and second.stats.events > 0
+    assert first.stats.events + second.stats.events == total  # nothing lost, nothing processed twice
+    for p in range(4):
+        tp = TopicPartition(f"{topic_prefix}-in", p)
+        consumer = KafkaConsumer(bootstrap_servers=kafka, enable_auto_commit=False)
+        end = consumer.end_offsets([tp])[tp]
+        consumer.close()
+        assert committed(kafka, f"{topic_prefix}-group", tp) == end
