@@ -150,6 +150,7 @@ def test_malformed_events_go_to_the_dead_letter_topic(kafka: str, topic_prefix: 
                 producer.send(f"{topic_prefix}-in", key=b"d", value=value)
     producer.send(f"{topic_prefix}-in", key=b"d", value=None)  # tombstone
     producer.flush()
+    producer.close()
     stats = Worker(s).run()
     kinds_sent = len(MALFORMED) * 6 + 1
     assert stats.events == sent_good + kinds_sent and stats.dead_letters == kinds_sent
@@ -233,6 +234,7 @@ def test_two_workers_split_the_partitions_and_process_every_event(kafka: str, to
         producer.send(f"{topic_prefix}-in", key=device.encode(),
                       value=json.dumps({"key": device, "readings": {"a": a, "b": -a, "c": 0.5 * a}}).encode())
     producer.flush()
+    producer.close()
     for t in threads:
         t.join(timeout=120)
     counts = [w.stats.events for w in workers]

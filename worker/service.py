@@ -128,15 +128,23 @@ class Worker:
             del self.batch_latencies[:-10_000]
 
     def _shutdown(self) -> None:
-        for tp in list(self.states):
-            self._save_state(tp, force=True)
+        """Save states, close the clients and the endpoint. Each step runs even if one before it
+        fails, and a failure here is logged rather than raised, so it never hides the error that
+        stopped the loop."""
+        steps = [(f"saving {tp.topic}-{tp.partition}", lambda tp=tp: self._save_state(tp, force=True))
+                 for tp in list(self.states)]
         if self._consumer is not None:
-            self._consumer.close(autocommit=False)
+            steps.append(("closing the consumer", lambda: self._consumer.close(autocommit=False)))
         if self._producer is not None:
-            self._producer.flush()
-            self._producer.close()
+            steps.append(("flushing the producer", self._producer.flush))
+            steps.append(("closing the producer", lambda: self._producer.close(timeout=5)))
         if self.health:
-            self.health.stop()
+            steps.append(("stopping the health endpoint", self.health.stop))
+        for what, step in steps:
+            try:
+                step()
+            except Exception as exc:  # noqa: BLE001 (see docstring)
+                logger.warning("shutdown: %s failed: %r", what, exc)
         logger.info("stopped after %d events, %d anomalies, %d dead letters in %d batches",
                     self.stats.events, self.stats.anomalies, self.stats.dead_letters, self.stats.batches)
 
