@@ -130,37 +130,60 @@ class Recording:
                 yield index, dict(zip(header, row)) if len(row) == len(header) else None, raw
 
     def batches(self) -> Iterator[RowBatch]:
+        if not self.is_jsonl:
+            yield from self._csv_batches()
+            return
         chunk: list[tuple[int, dict[str, Any] | None, str]] = []
         for record in self.records():
             chunk.append(record)
             if len(chunk) >= self.chunk_size:
-                yield self._to_batch(chunk)
+                yield self._to_batch_row_by_row(chunk)
                 chunk = []
         if chunk:
-            yield self._to_batch(chunk)
+            yield self._to_batch_row_by_row(chunk)
 
-    def _to_batch(self, chunk: list[tuple[int, dict[str, Any] | None, str]]) -> RowBatch:
-        fast = None if self.is_jsonl else self._csv_fast_path(chunk)
-        return fast or self._to_batch_row_by_row(chunk)
+    def _csv_batches(self) -> Iterator[RowBatch]:
+        with self.path.open(newline="", encoding="utf-8") as fh:
+            reader = csv.reader(fh, delimiter=self.options.sep)
+            header = [h.strip() for h in next(reader)]
+            first, rows = 0, []
+            for row in reader:
+                rows.append(row)
+                if len(rows) >= self.chunk_size:
+                    yield self._csv_chunk(first, rows, header)
+                    first, rows = first + len(rows), []
+            if rows:
+                yield self._csv_chunk(first, rows, header)
 
-    def _csv_fast_path(self, chunk: list[tuple[int, dict[str, Any] | None, str]]) -> RowBatch | None:
-        """All rows well-formed and numeric: convert the chunk in one numpy call (None otherwise)."""
+    def _csv_chunk(self, first: int, rows: list[list[str]], header: list[str]) -> RowBatch:
+        """One numpy conversion when every row is well-formed and numeric; else row by row."""
+        fast = self._csv_fast_path(first, rows, header)
+        if fast is not None:
+            return fast
+        sep = self.options.sep
+        return self._to_batch_row_by_row([
+            (first + i, dict(zip(header, row)) if len(row) == len(header) else None, sep.join(row))
+            for i, row in enumerate(rows)])
+
+    def _csv_fast_path(self, first: int, rows: list[list[str]], header: list[str]) -> RowBatch | None:
         o = self.options
-        if any(fields is None for _, fields, _ in chunk):
+        if any(len(row) != len(header) for row in rows):
             return None
-        rows = [fields for _, fields, _ in chunk]
+        where = {name: i for i, name in enumerate(header)}
+        pick = [where[c] for c in self.channels]
         try:
-            values = np.array([[f[c] for c in self.channels] for f in rows], dtype=np.float64)
-            labels = np.array([f[o.label_column] for f in rows], dtype=np.float64) if o.label_column else None
+            values = np.array([[row[i] for i in pick] for row in rows], dtype=np.float64)
+            labels = (np.array([row[where[o.label_column]] for row in rows], dtype=np.float64)
+                      if o.label_column else None)
         except ValueError:
             return None
         if not (np.abs(values) <= MAX_ABS_READING).all() or (labels is not None and not np.isfinite(labels).all()):
             return None
         return RowBatch(
-            index=np.array([index for index, _, _ in chunk], dtype=np.int64),
+            index=np.arange(first, first + len(rows), dtype=np.int64),
             values=values.reshape(len(rows), len(self.channels)),
-            times=[f[o.time_column] for f in rows] if o.time_column else None,
-            keys=[f[o.key_column] for f in rows] if o.key_column else None,
+            times=[row[where[o.time_column]] for row in rows] if o.time_column else None,
+            keys=[row[where[o.key_column]] for row in rows] if o.key_column else None,
             labels=labels,
         )
 
