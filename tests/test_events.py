@@ -1,0 +1,72 @@
+"""The input-topic event schema, without a broker."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from worker.events import EventError, EventParser
+
+
+def dumps(obj: object) -> bytes:
+    return json.dumps(obj).encode()
+
+
+def test_mapping_readings_fix_the_channels_in_their_order() -> None:
+    parser = EventParser(None, allow_unknown=False, max_bytes=1000)
+    event = parser.parse(dumps({"key": "pump-7", "timestamp": "2026-01-01T00:00:00Z",
+                                "readings": {"pressure": 1.5, "flow": 31}}), None, None)
+    assert event.key == "pump-7" and event.values == [1.5, 31]
+    assert event.timestamp == "2026-01-01T00:00:00+00:00"
+    assert parser.channels == ("pressure", "flow")
+    again = parser.parse(dumps({"key": "pump-7", "readings": {"flow": 2.0, "pressure": 1.0}}), None, None)
+    assert again.values == [1.0, 2.0]  # the configured order, whatever the event's order
+
+
+def test_list_readings_need_configured_channels() -> None:
+    with pytest.raises(EventError, match="no channel names") as exc:
+        EventParser(None, False, 1000).parse(dumps({"key": "k", "readings": [1.0, 2.0]}), None, None)
+    assert exc.value.kind == "schema"
+    parser = EventParser(("a", "b"), False, 1000)
+    assert parser.parse(dumps({"key": "k", "readings": [1.0, 2.0]}), None, None).values == [1.0, 2.0]
+    with pytest.raises(EventError, match="3 readings for 2 channels"):
+        parser.parse(dumps({"key": "k", "readings": [1.0, 2.0, 3.0]}), None, None)
+
+
+def test_key_and_timestamp_fall_back_to_the_record() -> None:
+    parser = EventParser(("a",), False, 1000)
+    event = parser.parse(dumps({"readings": {"a": 1.0}}), b"valve-3", 1_767_225_600_000)
+    assert event.key == "valve-3" and event.timestamp == "2026-01-01T00:00:00+00:00"
+    with pytest.raises(EventError, match="no key") as exc:
+        parser.parse(dumps({"readings": {"a": 1.0}}), None, None)
+    assert exc.value.kind == "missing_field"
+
+
+@pytest.mark.parametrize(("readings", "kind"), [
+    ({"a": True}, "wrong_type"),
+    ({"a": "1.5"}, "wrong_type"),
+    ({"a": None}, "wrong_type"),
+    ({"a": 1e300}, "out_of_range"),
+])
+def test_readings_are_strict_finite_numbers(readings: dict, kind: str) -> None:
+    with pytest.raises(EventError) as exc:
+        EventParser(("a",), False, 1000).parse(dumps({"key": "k", "readings": readings}), None, None)
+    assert exc.value.kind == kind and "readings.a" in exc.value.reason
+
+
+def test_unknown_channels_are_refused_unless_allowed() -> None:
+    value = dumps({"key": "k", "readings": {"a": 1.0, "extra": 2.0}})
+    with pytest.raises(EventError, match="unknown channel 'extra'"):
+        EventParser(("a",), False, 1000).parse(value, None, None)
+    assert EventParser(("a",), True, 1000).parse(value, None, None).values == [1.0]
+
+
+def test_oversize_and_tombstones() -> None:
+    parser = EventParser(("a",), False, 64)
+    with pytest.raises(EventError) as exc:
+        parser.parse(dumps({"key": "k", "readings": {"a": 1.0}, "pad": "x" * 100}), None, None)
+    assert exc.value.kind == "oversize"
+    with pytest.raises(EventError) as exc:
+        parser.parse(None, b"k", None)
+    assert exc.value.kind == "empty"
