@@ -14,16 +14,13 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import sys
-import time
 import uuid
 from multiprocessing.connection import Connection
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kafka import KafkaConsumer  # noqa: E402
-
-from bench.kafka_throughput import fill  # noqa: E402
+from bench.kafka_throughput import bare_rate, fill  # noqa: E402
 from worker.kafka_io import ensure_topics  # noqa: E402
 from worker.settings import load_settings  # noqa: E402
 from worker.simulate import simulate  # noqa: E402
@@ -36,23 +33,6 @@ def receiver(conn: Connection) -> None:
     conn.send(received)
 
 
-def consume(bootstrap: str, topic: str, total: int, pipe: Connection | None) -> float:
-    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=uuid.uuid4().hex,
-                             auto_offset_reset="earliest", enable_auto_commit=False, max_poll_records=2000)
-    seen, started = 0, None
-    while seen < total:
-        records = consumer.poll(timeout_ms=500)
-        if records and started is None:
-            started = time.perf_counter()
-        for messages in records.values():
-            seen += len(messages)
-            if pipe is not None:
-                pipe.send([(m.offset, m.key, m.value, m.timestamp) for m in messages])
-    elapsed = time.perf_counter() - (started or time.perf_counter())
-    consumer.close()
-    return total / elapsed
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--bootstrap", default="127.0.0.1:9092")
@@ -61,11 +41,12 @@ def main() -> None:
     topic = f"handoff-{uuid.uuid4().hex[:8]}"
     ensure_topics(load_settings(kafka={"bootstrap_servers": args.bootstrap}).kafka, [topic], create=True)
     fill(args.bootstrap, topic, simulate(args.events, 8, seed=0)[0])
-    bare = consume(args.bootstrap, topic, args.events, None)
+    bare = bare_rate(args.bootstrap, topic, args.events, 2000)
     ours, theirs = mp.Pipe()
     child = mp.get_context("spawn").Process(target=receiver, args=(theirs,))
     child.start()
-    handed = consume(args.bootstrap, topic, args.events, ours)
+    handed = bare_rate(args.bootstrap, topic, args.events, 2000,
+                       lambda messages: ours.send([(m.offset, m.key, m.value, m.timestamp) for m in messages]))
     ours.send(None)
     assert ours.recv() == args.events
     child.join()

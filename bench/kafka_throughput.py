@@ -14,7 +14,9 @@ import argparse
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -39,7 +41,10 @@ def fill(bootstrap: str, topic: str, X: np.ndarray) -> None:
     producer.close()
 
 
-def bare_rate(bootstrap: str, topic: str, total: int, max_poll_records: int) -> float:
+def bare_rate(bootstrap: str, topic: str, total: int, max_poll_records: int,
+              on_batch: Callable[[list[Any]], None] | None = None) -> float:
+    """Events/s of a plain poll loop from the first poll that brings events to the last one;
+    ``on_batch`` (optional) sees each partition's records."""
     consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=f"bare-{uuid.uuid4().hex[:6]}",
                              auto_offset_reset="earliest", enable_auto_commit=False,
                              max_poll_records=max_poll_records)
@@ -48,9 +53,11 @@ def bare_rate(bootstrap: str, topic: str, total: int, max_poll_records: int) -> 
         records = consumer.poll(timeout_ms=500)
         if records and started is None:
             started = time.perf_counter()
-        seen += sum(len(v) for v in records.values())
+        for messages in records.values():
+            seen += len(messages)
+            if on_batch is not None:
+                on_batch(messages)
     elapsed = time.perf_counter() - (started or time.perf_counter())
-    consumer.commit()
     consumer.close()
     return total / elapsed
 

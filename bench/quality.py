@@ -66,9 +66,11 @@ def skab(data: Path, detector: DetectorSettings, with_hst: bool) -> dict[str, ob
             hst.append(hst_scores(path, opts, 1)[judged])
     y, f = np.concatenate(labels), np.concatenate(flags)
     out = flag_metrics(y, f)
-    out["auc_pr"] = float(np.mean([average_precision(a, b) for a, b in zip(labels, scores)]))
+    out["auc_pr"] = float(np.mean([average_precision(a, b) for a, b in zip(labels, scores)]))  # mean per file
+    out["auc_pr_pooled"] = average_precision(y, np.concatenate(scores))
     if with_hst:
         out["hst_auc_pr"] = float(np.mean([average_precision(a, b) for a, b in zip(labels, hst)]))
+        out["hst_auc_pr_pooled"] = average_precision(y, np.concatenate(hst))
     return out
 
 
