@@ -352,3 +352,21 @@ def test_a_worker_joining_mid_stream_loses_and_repeats_nothing(kafka: str, topic
         end = consumer.end_offsets([tp])[tp]
         consumer.close()
         assert committed(kafka, f"{topic_prefix}-group", tp) == end
+
+
+def test_a_corrupt_partition_state_stops_the_worker_loudly(kafka: str, topic_prefix: str, tmp_path: Path) -> None:
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    (state_dir / f"{topic_prefix}-in-0.ckpt").write_bytes(b"AEWCKPT1" + b"\x00" * 64)
+    s = settings(kafka, topic_prefix, service={"state_dir": str(state_dir)})
+    rec = recording_file(tmp_path, 600, seed=7)
+    produce(rec, s.kafka, f"{topic_prefix}-in", "pump-4", speed=0, create=True)
+    proc = run_cli(["run", "--bootstrap-servers", kafka, "--input-topic", f"{topic_prefix}-in",
+                    "--output-topic", f"{topic_prefix}-out", "--dlq-topic", f"{topic_prefix}-dlq",
+                    "--group-id", f"{topic_prefix}-group", "--create-topics", "--metrics-port", "0",
+                    "--state-dir", str(state_dir), "--idle-timeout", "5"])
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    assert "corrupt or truncated" in err and f"{topic_prefix}-in-0.ckpt" in err
+    assert committed(kafka, f"{topic_prefix}-group", TopicPartition(f"{topic_prefix}-in", 0)) is None
+    assert (state_dir / f"{topic_prefix}-in-0.ckpt").read_bytes().startswith(b"AEWCKPT1\x00")  # kept as evidence

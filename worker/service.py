@@ -22,7 +22,7 @@ from kafka import ConsumerRebalanceListener, TopicPartition
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
-from ae_core import AutoencoderDetector
+from ae_core import AutoencoderDetector, CheckpointError
 from ae_core.checkpoint import load_detector_with_metadata, save_detector
 from worker.errors import WorkerError
 from worker.events import EventError, EventParser, ParsedEvent
@@ -74,6 +74,7 @@ class Worker:
         self.health: HealthServer | None = None
         self._assigned: set[TopicPartition] = set()
         self._unpublished = False  # a batch's outputs are not yet confirmed by the broker
+        self._fatal: Exception | None = None  # raised in a rebalance callback, re-raised by the loop
 
     def assignment(self) -> set[TopicPartition]:
         """Partitions this worker owns now (empty before it joined its group)."""
@@ -108,6 +109,8 @@ class Worker:
                     logger.info("processed max_events=%d: stopping", svc.max_events)
                     return
             records = self._consumer.poll(timeout_ms=k.poll_timeout_ms, max_records=budget)
+            if self._fatal is not None:
+                raise self._fatal
             if self.health:
                 self.health.beat()
                 self.health.ready = bool(self._consumer.assignment())
@@ -260,6 +263,14 @@ class Worker:
         det, meta = load_detector_with_metadata(path)  # a corrupt file stops the worker loudly
         if self.parser.channels is None:
             self.parser.channels = det.config.names
+        elif self.parser.channels != det.config.names:
+            raise WorkerError(f"{path} was built for channels {', '.join(det.config.names)}, "
+                              f"not {', '.join(self.parser.channels)}: move it away to start afresh")
+        wanted = self.settings.detector.to_config(len(det.config.names), det.config.names)
+        changed = sorted(k for k, v in wanted.to_dict().items() if det.config.to_dict()[k] != v)
+        if changed:
+            logger.warning("%s keeps its saved detector settings; these differ from the current ones: %s",
+                           path, ", ".join(changed))
         self.states[tp] = PartitionState(det, int(meta.get("next_offset", 0)), time.monotonic())
         logger.info("restored detector of %s-%d (%d events seen, next offset %s)", tp.topic, tp.partition,
                     det.events_seen, meta.get("next_offset"))
@@ -281,7 +292,13 @@ class Worker:
         """Partitions assigned to this worker: restore their saved detectors, if any."""
         for tp in tps:
             if tp not in self.states:
-                self.restore(tp)
+                try:
+                    self.restore(tp)
+                except (CheckpointError, WorkerError) as exc:
+                    # kafka-python logs and swallows errors raised in rebalance callbacks: keep it
+                    # and stop the worker from the loop instead of silently starting afresh.
+                    logger.error("cannot restore %s-%d: %s", tp.topic, tp.partition, exc)
+                    self._fatal = exc
         self._assigned |= set(tps)
         self.metrics.assigned.set(len(self._assigned))
 
