@@ -183,9 +183,9 @@ def test_sigterm_commits_and_a_restart_continues_without_gap(kafka: str, topic_p
     common = ["run", "--bootstrap-servers", kafka, "--input-topic", f"{topic_prefix}-in",
               "--output-topic", f"{topic_prefix}-out", "--dlq-topic", f"{topic_prefix}-dlq",
               "--group-id", f"{topic_prefix}-group", "--create-topics", "--metrics-port", "0",
-              "--batch-max-events", "50", "--state-dir", str(state_dir)]
+              "--state-dir", str(state_dir)]
     tp = TopicPartition(f"{topic_prefix}-in", 0)
-    first = run_cli(common)
+    first = run_cli([*common, "--batch-max-events", "10"])  # small batches: still busy when SIGTERM comes
     deadline = time.monotonic() + 60
     while (committed(kafka, f"{topic_prefix}-group", tp) or 0) < 2000 and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -197,7 +197,7 @@ def test_sigterm_commits_and_a_restart_continues_without_gap(kafka: str, topic_p
     assert committed(kafka, f"{topic_prefix}-group", tp) == done_first  # the current batch was committed
     assert (state_dir / f"{topic_prefix}-in-0.ckpt").exists()
 
-    second = run_cli([*common, "--idle-timeout", "3"])
+    second = run_cli([*common, "--batch-max-events", "500", "--idle-timeout", "3"])
     out, err = second.communicate(timeout=300)
     assert second.returncode == 0, err
     done_second = int(err.split("events: ")[1].split()[0])
