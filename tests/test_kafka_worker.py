@@ -370,3 +370,29 @@ def test_a_corrupt_partition_state_stops_the_worker_loudly(kafka: str, topic_pre
     assert "corrupt or truncated" in err and f"{topic_prefix}-in-0.ckpt" in err
     assert committed(kafka, f"{topic_prefix}-group", TopicPartition(f"{topic_prefix}-in", 0)) is None
     assert (state_dir / f"{topic_prefix}-in-0.ckpt").read_bytes().startswith(b"AEWCKPT1\x00")  # kept as evidence
+
+
+def test_events_published_before_a_lost_commit_are_not_published_again(kafka: str, topic_prefix: str,
+                                                                         tmp_path: Path) -> None:
+    from kafka.structs import OffsetAndMetadata
+
+    s = settings(kafka, topic_prefix, service={"state_dir": str(tmp_path / "state"), "idle_timeout": 3})
+    X, labels, _ = simulate(1400, 8, seed=8)
+    write_recording(tmp_path / "a.csv", X[:1000], labels[:1000])
+    write_recording(tmp_path / "b.csv", X[1000:], labels[1000:])
+    opts = InputOptions(time_column="timestamp", label_column="anomaly")
+    produce(Recording(tmp_path / "a.csv", opts), s.kafka, f"{topic_prefix}-in", "pump-5", speed=0, create=True)
+    assert Worker(s).run().events == 1000  # state saved with next offset 1000, offsets committed
+    tp = TopicPartition(f"{topic_prefix}-in", 0)
+    # a crash between saving the state and committing: the group's offset is behind the state
+    rewinder = KafkaConsumer(bootstrap_servers=kafka, group_id=f"{topic_prefix}-group", enable_auto_commit=False)
+    rewinder.assign([tp])
+    rewinder.commit({tp: OffsetAndMetadata(400, "", -1)})
+    rewinder.close()
+    before = len(read_topic(kafka, f"{topic_prefix}-out"))
+    produce(Recording(tmp_path / "b.csv", opts), s.kafka, f"{topic_prefix}-in", "pump-5", speed=0, create=True)
+    again = Worker(s).run()
+    assert again.events == 400  # only the new events; 400..999 were published before
+    assert committed(kafka, f"{topic_prefix}-group", tp) == 1400
+    offsets = [json.loads(m.value)["source"]["offset"] for m in read_topic(kafka, f"{topic_prefix}-out")]
+    assert len(offsets) == len(set(offsets)) and len(offsets) - before == again.anomalies

@@ -157,12 +157,12 @@ class Worker:
         sends: list[Any] = []
         commits: dict[TopicPartition, OffsetAndMetadata] = {}
         for tp, messages in records.items():
-            state = self.states.get(tp)
-            if state is not None:
-                messages = [m for m in messages if m.offset >= state.next_offset]  # already published
             if not messages:
                 continue
-            sends += self._process_partition(tp, messages)
+            state = self.states.get(tp)
+            fresh = messages if state is None else [m for m in messages if m.offset >= state.next_offset]
+            if fresh:  # the others were published before a restart, by the state restored here
+                sends += self._process_partition(tp, fresh)
             commits[tp] = OffsetAndMetadata(messages[-1].offset + 1, "", -1)
         try:
             self._producer.flush()
