@@ -16,7 +16,7 @@ from torch import nn
 
 from ae_core.config import MAX_ABS_READING, DetectorConfig
 from ae_core.losses import add_penalty_gradient, feature_errors
-from ae_core.network import Autoencoder
+from ae_core.network import Autoencoder, activate
 from ae_core.scaling import OnlineScaler
 from ae_core.scoring import ResidualScorer
 from ae_core.threshold import AdaptiveThreshold, QuantileThreshold
@@ -281,7 +281,7 @@ class AutoencoderDetector(AnomalyDetector):
         self._set_training(False)
         with torch.inference_mode():
             logits = self.module(target)
-            recon = torch.sigmoid(logits) if c.output_activation == "sigmoid" else logits
+            recon = activate(logits, c.output_activation)
             errors = feature_errors(logits, target, c.resolved_loss, c.output_activation)
             return (recon - target).numpy().astype(np.float64), errors.numpy().astype(np.float64)
 

@@ -23,13 +23,14 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch.nn import functional as F
 
+from ae_core.network import activate
+
 
 def feature_errors(logits: torch.Tensor, target: torch.Tensor, loss: str, output: str) -> torch.Tensor:
     """Per event and per feature reconstruction error, shape ``(N, n)``."""
     if loss == "bce":
         return F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-    recon = torch.sigmoid(logits) if output == "sigmoid" else logits
-    return (recon - target).square()
+    return (activate(logits, output) - target).square()
 
 
 def event_errors(logits: torch.Tensor, target: torch.Tensor, loss: str, output: str) -> torch.Tensor:

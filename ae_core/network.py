@@ -6,6 +6,11 @@ import torch
 from torch import nn
 
 
+def activate(logits: torch.Tensor, output: str) -> torch.Tensor:
+    """The output activation applied to decoder logits: sigmoid, or identity."""
+    return torch.sigmoid(logits) if output == "sigmoid" else logits
+
+
 class Autoencoder(nn.Module):
     """Symmetric feed-forward autoencoder ``n -> hidden... -> q -> ...hidden -> n``.
 
@@ -27,8 +32,7 @@ class Autoencoder(nn.Module):
         return self.decoder(self.encoder(x))
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.forward(x)
-        return torch.sigmoid(out) if self.output == "sigmoid" else out
+        return activate(self.forward(x), self.output)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x)

@@ -22,18 +22,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from worker.evaluation import average_precision, flag_metrics  # noqa: E402
 from worker.pipeline import Replay, Trace  # noqa: E402
-from worker.settings import DetectorSettings  # noqa: E402
+from worker.settings import (
+    DetectorSettings,  # noqa: E402
+    InputSettings,
+)
 from worker.sinks import NullSink  # noqa: E402
-from worker.sources import InputOptions, Recording  # noqa: E402
+from worker.sources import Recording  # noqa: E402
 
 
-def replay(path: Path, options: InputOptions, detector: DetectorSettings) -> dict[str, np.ndarray]:
+def replay(path: Path, options: InputSettings, detector: DetectorSettings) -> dict[str, np.ndarray]:
     trace = Trace()
     Replay(detector, NullSink(), NullSink(), trace=trace).run(Recording(path, options))
     return trace.arrays()
 
 
-def hst_scores(path: Path, options: InputOptions, window: int, seed: int = 0) -> np.ndarray:
+def hst_scores(path: Path, options: InputSettings, window: int, seed: int = 0) -> np.ndarray:
     """river HalfSpaceTrees on the same rows, min-max scaled online as its docs advise."""
     from river import anomaly, compose, preprocessing
 
@@ -53,7 +56,7 @@ def hst_scores(path: Path, options: InputOptions, window: int, seed: int = 0) ->
 
 
 def skab(data: Path, detector: DetectorSettings, with_hst: bool) -> dict[str, object]:
-    opts = InputOptions(sep=";", time_column="datetime", label_column="anomaly", ignore_columns=("changepoint",))
+    opts = InputSettings(sep=";", time_column="datetime", label_column="anomaly", ignore_columns=("changepoint",))
     det = detector.model_copy(update={"warmup": 400})
     labels, flags, scores, hst = [], [], [], []
     for path in sorted((data / "skab" / "valve1").glob("*.csv"), key=lambda p: int(p.stem)):
@@ -75,7 +78,7 @@ def skab(data: Path, detector: DetectorSettings, with_hst: bool) -> dict[str, ob
 
 
 def asd(data: Path, detector: DetectorSettings, with_hst: bool) -> dict[str, object]:
-    opts = InputOptions(label_column="label")
+    opts = InputSettings(label_column="label")
     rows = {}
     for path in sorted((data / "asd").glob("omi-*.csv")):
         t = replay(path, opts, detector)
@@ -96,7 +99,7 @@ NAB_WINDOW = 12  # readings per model input for the univariate NAB series
 def nab(data: Path, detector: DetectorSettings, with_hst: bool) -> dict[str, object]:
     """NAB's standard-profile score over the files at hand, with a sliding window of readings."""
     windows = json.loads((data / "nab" / "labels" / "combined_windows.json").read_text())
-    opts = InputOptions(time_column="timestamp")
+    opts = InputSettings(time_column="timestamp")
     det = detector.model_copy(update={"window": NAB_WINDOW})
     files, raw, null, perfect = {}, 0.0, 0.0, 0.0
     for path in sorted((data / "nab" / "data").glob("*/*.csv")):

@@ -22,10 +22,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ae_core import AutoencoderDetector, DetectorConfig  # noqa: E402
 from worker.pipeline import Replay  # noqa: E402
-from worker.settings import DetectorSettings  # noqa: E402
+from worker.settings import (
+    DetectorSettings,  # noqa: E402
+    InputSettings,
+)
 from worker.simulate import simulate, write_recording  # noqa: E402
 from worker.sinks import JsonLinesSink  # noqa: E402
-from worker.sources import InputOptions, Recording  # noqa: E402
+from worker.sources import Recording  # noqa: E402
 
 
 def detector_rate(warm: np.ndarray, X: np.ndarray) -> float:
@@ -40,7 +43,7 @@ def detector_rate(warm: np.ndarray, X: np.ndarray) -> float:
 def replay_rate(X: np.ndarray, labels: np.ndarray, folder: Path) -> float:
     path = folder / f"rec{X.shape[1]}.csv"
     write_recording(path, X, labels)
-    rec = Recording(path, InputOptions(time_column="timestamp", label_column="anomaly"))
+    rec = Recording(path, InputSettings(time_column="timestamp", label_column="anomaly"))
     sinks = JsonLinesSink(folder / "out.jsonl"), JsonLinesSink(folder / "err.jsonl")
     summary = Replay(DetectorSettings(), *sinks).run(rec)
     return summary.rows / summary.seconds

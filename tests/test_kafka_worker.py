@@ -20,9 +20,9 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from ae_core import AutoencoderDetector
 from tests.conftest import ROOT, free_port
 from worker.service import Worker
-from worker.settings import Settings, load_settings
+from worker.settings import InputSettings, Settings, load_settings
 from worker.simulate import channel_names, simulate, write_recording
-from worker.sources import InputOptions, Recording
+from worker.sources import Recording
 from worker.transfer import produce
 
 pytestmark = pytest.mark.kafka
@@ -65,7 +65,7 @@ def recording_file(tmp_path: Path, events: int, seed: int = 0) -> Recording:
     X, labels, _ = simulate(events, 8, seed=seed)
     path = tmp_path / "rec.csv"
     write_recording(path, X, labels)
-    return Recording(path, InputOptions(time_column="timestamp", label_column="anomaly"))
+    return Recording(path, InputSettings(time_column="timestamp", label_column="anomaly"))
 
 
 def test_anomalies_topic_holds_exactly_what_replay_flags(kafka: str, topic_prefix: str, tmp_path: Path) -> None:
@@ -305,7 +305,7 @@ def test_produce_keeps_the_recording_pace_times_the_speed(kafka: str, topic_pref
     path = tmp_path / "slow.csv"
     write_recording(path, X, labels, every_seconds=60.0)  # 10 minutes of readings
     started = time.monotonic()
-    produce(Recording(path, InputOptions(time_column="timestamp")), s.kafka, f"{topic_prefix}-in", "k",
+    produce(Recording(path, InputSettings(time_column="timestamp")), s.kafka, f"{topic_prefix}-in", "k",
             speed=600.0, create=True)  # 600x faster: at least one second
     assert time.monotonic() - started >= 1.0
     assert len(read_topic(kafka, f"{topic_prefix}-in")) == 11
@@ -380,7 +380,7 @@ def test_events_published_before_a_lost_commit_are_not_published_again(kafka: st
     X, labels, _ = simulate(1400, 8, seed=8)
     write_recording(tmp_path / "a.csv", X[:1000], labels[:1000])
     write_recording(tmp_path / "b.csv", X[1000:], labels[1000:])
-    opts = InputOptions(time_column="timestamp", label_column="anomaly")
+    opts = InputSettings(time_column="timestamp", label_column="anomaly")
     produce(Recording(tmp_path / "a.csv", opts), s.kafka, f"{topic_prefix}-in", "pump-5", speed=0, create=True)
     assert Worker(s).run().events == 1000  # state saved with next offset 1000, offsets committed
     tp = TopicPartition(f"{topic_prefix}-in", 0)

@@ -18,24 +18,18 @@ from worker.settings import Settings
 from worker.simulate import simulate as make_recording
 from worker.simulate import write_recording
 from worker.sinks import JsonLinesSink, NullSink
-from worker.sources import InputOptions, Recording
+from worker.sources import Recording
 
 logger = logging.getLogger(__name__)
 
 DEMO_EVENTS = 20_000
 
 
-def input_options(settings: Settings) -> InputOptions:
-    i = settings.input
-    return InputOptions(sep=i.sep, time_column=i.time_column, key_column=i.key_column,
-                        label_column=i.label_column, ignore_columns=i.ignore_columns)
-
-
 def replay(args: argparse.Namespace, settings: Settings) -> int:
     with tempfile.TemporaryDirectory(prefix="ae-worker-demo-") as tmp:
         if args.input is None:
             args.input, settings = _demo_recording(Path(tmp), settings)
-        recording = Recording(args.input, input_options(settings))
+        recording = Recording(args.input, settings.input)
         errors_path = args.errors or (f"{args.output}.errors.jsonl" if args.output != "-" else "-")
         pipeline = Replay(settings.detector, JsonLinesSink(args.output), JsonLinesSink(errors_path, sys.stderr),
                           emit_latent=args.emit_latent, progress=sys.stderr.isatty(),
@@ -64,7 +58,7 @@ def evaluate(args: argparse.Namespace, settings: Settings) -> int:
     if not settings.input.label_column:
         print("ae-worker: error: evaluate needs --label-column", file=sys.stderr)
         return 2
-    recording = Recording(args.input, input_options(settings))
+    recording = Recording(args.input, settings.input)
     trace = Trace()
     summary = Replay(settings.detector, NullSink(), NullSink(), trace=trace).run(recording)
     t = trace.arrays()
@@ -110,7 +104,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 def produce(args: argparse.Namespace, settings: Settings) -> int:
     from worker.transfer import produce as send_recording
 
-    recording = Recording(args.input, input_options(settings))
+    recording = Recording(args.input, settings.input)
     key = args.key or Path(args.input).stem
     sent = send_recording(recording, settings.kafka, args.topic, key, args.speed, settings.kafka.create_topics)
     print(f"sent {sent} events from {args.input} to {args.topic}")

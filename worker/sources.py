@@ -15,20 +15,9 @@ import orjson
 
 from ae_core.config import MAX_ABS_READING
 from worker.errors import InputFormatError
+from worker.settings import InputSettings
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class InputOptions:
-    """How to read a recording; the same options wherever a recording is read."""
-
-    sep: str = ","
-    time_column: str | None = None
-    key_column: str | None = None
-    label_column: str | None = None
-    ignore_columns: tuple[str, ...] = ()
-    channels: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -61,12 +50,12 @@ def parse_reading(value: Any) -> float:
 class Recording:
     """Iterates a CSV or JSONL file in :class:`RowBatch` chunks, in file order.
 
-    The channels are every column except the time, key, label and ignored ones (or exactly
-    ``options.channels``). A row with a missing, non-numeric, NaN or infinite reading becomes a
-    ``bad`` entry with its reason and never reaches the detector.
+    The channels are every column except the time, key, label and ignored ones. A row with a
+    missing, non-numeric, NaN, infinite or out-of-range reading becomes a ``bad`` entry with its
+    reason and never reaches the detector.
     """
 
-    def __init__(self, path: str | Path, options: InputOptions, chunk_size: int = 4096) -> None:
+    def __init__(self, path: str | Path, options: InputSettings, chunk_size: int = 4096) -> None:
         self.path = Path(path)
         self.options = options
         self.chunk_size = chunk_size
@@ -80,11 +69,6 @@ class Recording:
         missing = sorted(name for name in special if name not in header)
         if missing:
             raise InputFormatError(f"{self.path}: no column named {missing[0]!r} (columns: {', '.join(header)})")
-        if o.channels is not None:
-            absent = [c for c in o.channels if c not in header]
-            if absent:
-                raise InputFormatError(f"{self.path}: no channel column {absent[0]!r}")
-            return o.channels
         channels = tuple(name for name in header if name not in special)
         if not channels:
             raise InputFormatError(f"{self.path}: no reading columns left after time/key/label/ignored")
@@ -126,8 +110,7 @@ class Recording:
             reader = csv.reader(fh, delimiter=self.options.sep)
             header = [h.strip() for h in next(reader)]
             for index, row in enumerate(reader):
-                raw = self.options.sep.join(row)
-                yield index, dict(zip(header, row)) if len(row) == len(header) else None, raw
+                yield self._csv_record(index, row, header)
 
     def batches(self) -> Iterator[RowBatch]:
         if not self.is_jsonl:
@@ -160,10 +143,11 @@ class Recording:
         fast = self._csv_fast_path(first, rows, header)
         if fast is not None:
             return fast
-        sep = self.options.sep
-        return self._to_batch_row_by_row([
-            (first + i, dict(zip(header, row)) if len(row) == len(header) else None, sep.join(row))
-            for i, row in enumerate(rows)])
+        return self._to_batch_row_by_row([self._csv_record(first + i, row, header) for i, row in enumerate(rows)])
+
+    def _csv_record(self, index: int, row: list[str], header: list[str]) -> tuple[int, dict[str, Any] | None, str]:
+        """``(index, fields or None when the row does not split into the header's columns, raw text)``."""
+        return index, dict(zip(header, row)) if len(row) == len(header) else None, self.options.sep.join(row)
 
     def _csv_fast_path(self, first: int, rows: list[list[str]], header: list[str]) -> RowBatch | None:
         o = self.options
