@@ -25,7 +25,7 @@ from ae_core.scaling import OnlineScaler
 
 MAGIC = b"AEWCKPT1"
 FORMAT = "ae-worker/detector"
-VERSION = 1
+VERSION = 2
 
 
 def detector_state(det: AutoencoderDetector, metadata: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -45,12 +45,16 @@ def detector_state(det: AutoencoderDetector, metadata: dict[str, Any] | None = N
         "memory": t(det.memory[: min(det.memory_count, det.config.memory_size)].copy()),
         "memory_count": det.memory_count,
         "pending_x": t(det.pending_x.copy()),
+        "pending_residual": t(det.pending_residual.copy()),
         "pending_smoothed": t(det.pending_smoothed.copy()),
         "pending_score": t(det.pending_score.copy()),
         "pending_flag": t(det.pending_flag.copy()),
+        "pending_learn": t(det.pending_learn.copy()),
         "residual_ewma": {k: t(v.copy()) for k, v in det.scorer.state.items()},
+        "residual_raw_stats": _scaler_tensors(det.scorer.raw),
         "residual_stats": _scaler_tensors(det.scorer.normal),
-        "recent_flags": [list(item) for item in det.recent_flags],
+        "episodes": det.episodes.state(),
+        "regime_changes": det.regime_changes,
         "events_seen": det.events_seen,
         "batches_learned": det.batches_learned,
         "last_loss": det.last_loss,
@@ -75,12 +79,16 @@ def restore_detector(state: dict[str, Any]) -> AutoencoderDetector:
         det.memory[: len(memory)] = memory
         det.memory_count = int(state["memory_count"])
         det.pending_x = state["pending_x"].numpy().copy()
+        det.pending_residual = state["pending_residual"].numpy().copy()
         det.pending_smoothed = state["pending_smoothed"].numpy().copy()
         det.pending_score = state["pending_score"].numpy().copy()
         det.pending_flag = state["pending_flag"].numpy().copy()
+        det.pending_learn = state["pending_learn"].numpy().copy()
         det.scorer.state = {str(k): v.numpy().copy() for k, v in state["residual_ewma"].items()}
+        det.scorer.raw.load_state(_scaler_state(state["residual_raw_stats"]))
         det.scorer.normal.load_state(_scaler_state(state["residual_stats"]))
-        det.recent_flags.extend((int(n), int(f)) for n, f in state["recent_flags"])
+        det.episodes.load_state(state["episodes"])
+        det.regime_changes = int(state["regime_changes"])
         det.events_seen = int(state["events_seen"])
         det.batches_learned = int(state["batches_learned"])
         det.last_loss = state["last_loss"]

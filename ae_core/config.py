@@ -48,15 +48,19 @@ class DetectorConfig:
     memory_size: int = 1024
     scaling: Scaling | None = None
     learn_on_anomalies: bool = False
-    relearn_rate: float = 0.5
+    stats_horizon: int | None = 10_000
+    clip: float = 20.0
     # decision
-    warmup: int = 512
+    warmup: int = 400
     smoothing: float = 0.1
-    threshold_rule: Literal["sigma", "quantile"] = "sigma"
+    threshold_rule: Literal["robust", "sigma", "quantile"] = "robust"
     threshold_k: float = 4.5
     threshold_quantile: float = 0.99
     threshold_margin: float = 1.5
     threshold_window: int = 4096
+    episode_quiet: int = 20
+    adapt_after: int | None = 1000
+    adapt_steps: int = 8
     top_k: int = 3
     seed: int = 0
 
@@ -75,10 +79,17 @@ class DetectorConfig:
             raise ConfigError("learning_rate", f"must be > 0, got {self.learning_rate}")
         if not 0 < self.smoothing <= 1:
             raise ConfigError("smoothing", f"must be in (0, 1], got {self.smoothing}")
-        if not 0 < self.relearn_rate <= 1:
-            raise ConfigError("relearn_rate", f"must be in (0, 1], got {self.relearn_rate}")
-        if self.threshold_rule not in ("sigma", "quantile"):
-            raise ConfigError("threshold_rule", f"must be 'sigma' or 'quantile', got {self.threshold_rule!r}")
+        _positive("episode_quiet", self.episode_quiet)
+        if self.adapt_after is not None:
+            _positive("adapt_after", self.adapt_after)
+        _at_least("adapt_steps", self.adapt_steps, 0)
+        if self.stats_horizon is not None and self.stats_horizon < self.batch_size:
+            raise ConfigError("stats_horizon", "must hold at least one batch_size of events")
+        if not self.clip > 0:
+            raise ConfigError("clip", f"must be > 0, got {self.clip}")
+        if self.threshold_rule not in ("robust", "sigma", "quantile"):
+            raise ConfigError("threshold_rule",
+                              f"must be 'robust', 'sigma' or 'quantile', got {self.threshold_rule!r}")
         if not 0 < self.threshold_quantile < 1:
             raise ConfigError("threshold_quantile", f"must be in (0, 1), got {self.threshold_quantile}")
         if not self.threshold_margin > 0:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from collections import deque
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -15,11 +14,12 @@ from river.base import AnomalyDetector
 from torch import nn
 
 from ae_core.config import MAX_ABS_READING, DetectorConfig
+from ae_core.episodes import ClosedEpisode, EpisodeTracker
 from ae_core.losses import add_penalty_gradient, feature_errors
 from ae_core.network import Autoencoder, activate
 from ae_core.scaling import OnlineScaler
 from ae_core.scoring import ResidualScorer
-from ae_core.threshold import AdaptiveThreshold, QuantileThreshold
+from ae_core.threshold import AdaptiveThreshold, QuantileThreshold, RobustThreshold
 from ae_core.windowing import SlidingWindow
 
 logger = logging.getLogger(__name__)
@@ -30,8 +30,11 @@ class BatchResult:
     """What :meth:`AutoencoderDetector.process_many` decided for each event of a mini-batch.
 
     ``score`` is the decision score (see :mod:`ae_core.scoring`), ``error`` the event's own
-    reconstruction error (MSE or BCE), ``threshold`` NaN during warm-up. ``top_channels`` holds
-    channel indices, largest share of the score first, and ``top_shares`` those shares.
+    reconstruction error (MSE or BCE); both ``score`` and ``threshold`` are NaN during warm-up,
+    when the model is not judged yet. ``top_channels`` holds channel indices, largest share of
+    the score first, and ``top_shares`` those shares. ``episode``, ``alert``, ``closed_episode``
+    and ``regime_change`` come from :class:`~ae_core.episodes.EpisodeTracker` (-1: none);
+    ``closed`` maps a row to the episode it closed.
     """
 
     score: np.ndarray
@@ -40,7 +43,12 @@ class BatchResult:
     is_anomaly: np.ndarray
     top_channels: np.ndarray
     top_shares: np.ndarray
+    episode: np.ndarray
+    alert: np.ndarray
+    closed_episode: np.ndarray
+    regime_change: np.ndarray
     latent: np.ndarray | None = None
+    closed: dict[int, ClosedEpisode] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.score)
@@ -50,9 +58,20 @@ class BatchResult:
         joined: dict[str, Any] = {
             f.name: None if getattr(parts[0], f.name) is None
             else np.concatenate([getattr(p, f.name) for p in parts])
-            for f in fields(BatchResult)
+            for f in fields(BatchResult) if f.name != "closed"
         }
-        return BatchResult(**joined)
+        closed, offset = {}, 0
+        for part in parts:
+            closed.update({offset + row: ep for row, ep in part.closed.items()})
+            offset += len(part)
+        return BatchResult(**joined, closed=closed)
+
+    @staticmethod
+    def empty(top_k: int, latent_width: int | None) -> BatchResult:
+        none, flags = np.empty(0), np.empty(0, dtype=bool)
+        ids = np.empty(0, dtype=np.int64)
+        return BatchResult(none, none, none, flags, np.empty((0, top_k), dtype=np.int64), np.empty((0, top_k)),
+                           ids, flags, ids, flags, None if latent_width is None else np.empty((0, latent_width)))
 
 
 class AutoencoderDetector(AnomalyDetector):
@@ -85,22 +104,28 @@ class AutoencoderDetector(AnomalyDetector):
         _init_weights(self.module, self._torch_rng)
         self._params = list(self.module.parameters())
         self.optimizer = torch.optim.Adam(self._params, lr=c.learning_rate, fused=True)
-        self.scaler = OnlineScaler(c.n_features, c.resolved_scaling)
-        self.scorer = ResidualScorer(c.n_features, c.smoothing)
-        self.threshold: AdaptiveThreshold | QuantileThreshold
+        self.scaler = OnlineScaler(c.n_features, c.resolved_scaling, c.clip, c.stats_horizon)
+        self.scorer = ResidualScorer(c.n_features, c.smoothing, c.clip, c.stats_horizon)
+        self.episodes = EpisodeTracker(c.episode_quiet, c.adapt_after)
+        self.threshold: AdaptiveThreshold | RobustThreshold | QuantileThreshold
+        window_batches = max(1, c.threshold_window // c.batch_size)
         if c.threshold_rule == "quantile":
             self.threshold = QuantileThreshold(c.threshold_quantile, c.threshold_margin, c.threshold_window,
                                                c.batch_size)
+        elif c.threshold_rule == "sigma":
+            self.threshold = AdaptiveThreshold(c.threshold_k, window_batches)
         else:
-            self.threshold = AdaptiveThreshold(c.threshold_k, max(1, c.threshold_window // c.batch_size))
+            self.threshold = RobustThreshold(c.threshold_k, window_batches)
         self.windows = SlidingWindow(c.window, c.n_channels)
         self.memory = np.zeros((c.memory_size, c.n_features))
         self.memory_count = 0
         self.pending_x = np.zeros((0, c.n_features))
+        self.pending_residual = np.zeros((0, c.n_features))
         self.pending_smoothed = np.zeros((0, c.n_features))
         self.pending_score = np.zeros(0)
         self.pending_flag = np.zeros(0, dtype=bool)
-        self.recent_flags: deque[tuple[int, int]] = deque(maxlen=self.threshold.window_batches)
+        self.pending_learn = np.zeros(0, dtype=bool)
+        self.regime_changes = 0
         self.events_seen = 0
         self.batches_learned = 0
         self.last_loss: float | None = None
@@ -148,10 +173,7 @@ class AutoencoderDetector(AnomalyDetector):
         if not (np.abs(X) <= MAX_ABS_READING).all():  # also False for NaN
             raise ValueError(f"readings must be finite and within +-{MAX_ABS_READING:g}; drop others upstream")
         if len(X) == 0:
-            k = min(c.top_k, c.n_channels)
-            empty = np.empty(0)
-            return BatchResult(empty, empty, empty, empty.astype(bool), np.empty((0, k), dtype=np.int64),
-                               np.empty((0, k)), np.empty((0, c.resolved_bottleneck)) if latent else None)
+            return BatchResult.empty(min(c.top_k, c.n_channels), c.resolved_bottleneck if latent else None)
         key_arr = None if keys is None else np.asarray(keys, dtype=str)
         features = self.windows.transform(X, key_arr)
         parts, start = [], 0
@@ -175,47 +197,56 @@ class AutoencoderDetector(AnomalyDetector):
         padded = np.zeros((c.batch_size, c.n_features))
         padded[offset:offset + len(X)] = X
         residuals, ferr = (a[offset:offset + len(X)] for a in self._reconstruct(padded))
-        smoothed = self.scorer.smooth(residuals, keys)
+        smoothed = self.scorer.smooth(self.scorer.standardise(residuals), keys)
         deviations = self.scorer.squared_deviations(smoothed)
-        score = deviations.mean(axis=1)
         first = self.events_seen
         self.events_seen += len(X)
         limit = self.threshold.get()
         live = np.arange(first, self.events_seen) >= c.warmup
+        score = np.where(live, deviations.mean(axis=1), np.nan)
         threshold = np.where(live, np.nan if limit is None else limit, np.nan)
         flags = live & (score > threshold)
+        episodes = self.episodes.update(flags, score, keys)
+        if episodes.accepted.any():
+            self.regime_changes += int(episodes.accepted.sum())
+            logger.info("episode(s) %s lasted adapt_after=%s events: accepting a new normal",
+                        episodes.episode[episodes.accepted].tolist(), c.adapt_after)
         top, shares = self._contributions(deviations)
         self.pending_x = np.concatenate([self.pending_x, X])
+        self.pending_residual = np.concatenate([self.pending_residual, residuals])
         self.pending_smoothed = np.concatenate([self.pending_smoothed, smoothed])
         self.pending_score = np.concatenate([self.pending_score, score])
         self.pending_flag = np.concatenate([self.pending_flag, flags])
+        self.pending_learn = np.concatenate([self.pending_learn, ~flags | episodes.adapting | c.learn_on_anomalies])
         warmup_ends = c.warmup > 0 and self.events_seen == c.warmup
         if len(self.pending_score) >= c.batch_size or warmup_ends:
             self._finish_batch()
         if warmup_ends:
             self._fit_warmup()
-        return BatchResult(score, ferr.mean(axis=1), threshold, flags, top, shares, codes)
+        return BatchResult(score, ferr.mean(axis=1), threshold, flags, top, shares, episodes.episode,
+                           episodes.alert, episodes.closed, episodes.accepted, codes, episodes.closed_episodes)
 
     def _finish_batch(self) -> None:
-        c = self.config
-        flagged, seen = int(self.pending_flag.sum()), len(self.pending_flag)
-        self.recent_flags.append((seen, flagged))
-        rate = sum(f for _, f in self.recent_flags) / sum(n for n, _ in self.recent_flags)
-        # Flagging most of the recent stream means the normal itself has moved (a new operating
-        # point, a recalibrated sensor): learn it rather than crying wolf for ever.
-        relearn = flagged > 0 and rate > c.relearn_rate
-        if relearn:
-            logger.info("anomaly rate %.2f over the last %d events exceeds relearn_rate %.2f: learning "
-                        "the flagged events as normal", rate, sum(n for n, _ in self.recent_flags), c.relearn_rate)
-        normal = np.ones_like(self.pending_flag) if c.learn_on_anomalies else ~self.pending_flag
-        keep = np.ones_like(self.pending_flag) if relearn else normal
-        self._learn(self.pending_x[keep])
-        self.scorer.learn_many(self.pending_smoothed[keep])
-        self.threshold.update_many(self.pending_score[normal])
+        # The network and scaler learn the events that were not flagged, and those of an episode
+        # accepted as a new normal: an anomaly does not teach the model that it is normal. The
+        # score statistics and the threshold learn only unflagged events, so an accepted shift
+        # stops being flagged once the network reconstructs it, not because the bar was raised.
+        normal = ~self.pending_flag
+        self._learn(self.pending_x[self.pending_learn])
+        adapting = self.pending_x[self.pending_learn & self.pending_flag]
+        if len(adapting) and not self.config.learn_on_anomalies:
+            # Accepted but still flagged: the network is behind the new normal. Extra steps on
+            # those events beside the remembered ones catch it up without forgetting the old.
+            self._fit(np.concatenate([adapting, self._remembered()]), self.config.adapt_steps)
+        self.scorer.learn_many(self.pending_residual[normal], self.pending_smoothed[normal])
+        live = normal & ~np.isnan(self.pending_score)
+        self.threshold.update_many(self.pending_score[live])
         self.pending_x = self.pending_x[:0]
+        self.pending_residual = self.pending_residual[:0]
         self.pending_smoothed = self.pending_smoothed[:0]
         self.pending_score = self.pending_score[:0]
         self.pending_flag = self.pending_flag[:0]
+        self.pending_learn = self.pending_learn[:0]
 
     def _fit_warmup(self) -> None:
         """Consolidate what the warm-up taught, then restart the score statistics and threshold.
@@ -257,10 +288,10 @@ class AutoencoderDetector(AnomalyDetector):
         self.optimizer.load_state_dict(moments)
         return np.concatenate([out[1], out[0]])
 
-    def _fit(self, rows: np.ndarray) -> None:
-        """``fit_steps`` optimisation steps on random mini-batches of ``rows``."""
+    def _fit(self, rows: np.ndarray, steps: int | None = None) -> None:
+        """``steps`` (default ``fit_steps``) optimisation steps on random mini-batches of ``rows``."""
         c = self.config
-        for _ in range(c.fit_steps):
+        for _ in range(c.fit_steps if steps is None else steps):
             sample = rows[self._rng.integers(0, len(rows), size=min(c.batch_size, len(rows)))]
             self._step(self.scaler.transform(sample))
 

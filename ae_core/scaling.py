@@ -5,22 +5,36 @@ from __future__ import annotations
 import numpy as np
 
 _TINY = 1e-12
+# Winsorising needs a spread to measure against: learn the first events as they come.
+_ROBUST_AFTER = 32
 
 
 class OnlineScaler:
-    """Per-feature scaling whose statistics grow with every learned mini-batch.
+    """Per-feature scaling whose statistics follow the stream, one learned mini-batch at a time.
 
     ``standard``: ``(x - mean) / std`` with the running mean and sample variance of each
     feature, updated exactly as :meth:`river.stats.Var.update_many` does (Welford/Chan), but
-    for all features in one numpy operation (``tests/test_scaling.py`` checks they agree).
-    ``minmax``: ``(x - min) / (max - min)`` clipped to [0, 1], as the sigmoid output needs.
+    for all features in one numpy operation (``tests/test_scaling_threshold_windowing.py`` checks
+    they agree). ``minmax``: ``(x - min) / (max - min)`` clipped to [0, 1], as the sigmoid output needs.
+
+    Robustness, both off by default:
+
+    * ``clip`` (in standard deviations): standardised values are clipped to ``[-clip, clip]``, and
+      once the statistics hold a few events every learned value is first winsorised to
+      ``mean +- clip * std``. One extreme reading then moves the statistics by a bounded amount
+      instead of owning them for ever (a valid 1e15 among readings near 1 would otherwise set
+      the spread of that feature for the rest of the stream).
+    * ``horizon`` (events): the statistics weigh the past as if it held at most ``horizon``
+      events, an exponential forgetting that lets the centre and spread follow a new normal.
 
     Before any data, and for a constant feature, the spread counts as 1, so a value never
     divides by zero and an unseen value stays finite.
     """
 
-    def __init__(self, n_features: int, kind: str) -> None:
+    def __init__(self, n_features: int, kind: str, clip: float | None = None, horizon: int | None = None) -> None:
         self.kind = kind
+        self.clip = clip
+        self.horizon = horizon
         self.n = 0.0
         self.mean = np.zeros(n_features)
         self.m2 = np.zeros(n_features)
@@ -30,13 +44,19 @@ class OnlineScaler:
     def learn_many(self, X: np.ndarray) -> None:
         if len(X) == 0:
             return
+        if self.clip is not None and self.n >= _ROBUST_AFTER:
+            bound = self.clip * self.std
+            X = np.clip(X, self.mean - bound, self.mean + bound)
         if self.kind == "minmax":
             self.low = np.minimum(self.low, X.min(axis=0))
             self.high = np.maximum(self.high, X.max(axis=0))
+        m = len(X)
+        kept = self.n if self.horizon is None else min(self.n, max(self.horizon - m, 0))
+        old_m2 = self.m2 * (kept / self.n) if self.n > 0 else self.m2
         old_mean = self.mean
-        self.n += len(X)
+        self.n = kept + m
         self.mean = old_mean + (X - old_mean).sum(axis=0) / self.n
-        self.m2 = self.m2 + ((X - old_mean) * (X - self.mean)).sum(axis=0)
+        self.m2 = old_m2 + ((X - old_mean) * (X - self.mean)).sum(axis=0)  # Chan's merge, any weight kept
 
     def transform(self, X: np.ndarray) -> np.ndarray:
         if self.kind == "minmax":
@@ -45,7 +65,8 @@ class OnlineScaler:
             span = self.high - self.low
             span = np.where(span > _TINY, span, 1.0)
             return np.clip((X - self.low) / span, 0.0, 1.0)
-        return (X - self.mean) / self.std
+        z = (X - self.mean) / self.std
+        return z if self.clip is None else np.clip(z, -self.clip, self.clip)
 
     @property
     def std(self) -> np.ndarray:

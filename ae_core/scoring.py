@@ -2,15 +2,25 @@
 
 The reconstruction error of one event is noisy: channels the network cannot predict add their
 noise to every score, so a persistent 3-sigma shift in one of eight channels barely moves it.
-The score therefore follows the residual *vector* ``r = x_hat - x`` (scaled units) through an
-exponentially weighted moving average per key, ``s_t = a * r_t + (1 - a) * s_{t-1}`` (a
-multivariate EWMA chart on the residuals): noise averages out while a lasting deviation stays.
-Each channel of ``s`` is standardised by the running mean and spread of ``s`` on normal events,
-and the score is the mean of the squared standardised values. With ``smoothing=1`` it is each
-event's own residual, standardised per channel.
+The score therefore follows the residual *vector* ``r = x_hat - x`` (scaled units) of each key:
+
+1. each channel of ``r`` is standardised by the centre and spread of that channel's residuals
+   on normal events, and clipped to ``[-clip, clip]``: one extreme reading then weighs like a
+   large deviation, not like a billion of them, and cannot hold the average up for hundreds
+   of events afterwards;
+2. an exponentially weighted moving average per key, ``s_t = a * z_t + (1 - a) * s_{t-1}`` (a
+   multivariate EWMA chart on the residuals): noise averages out while a lasting deviation stays;
+3. each channel of ``s`` is standardised by its running centre and spread on normal events, and
+   the score is the mean of the squared standardised values.
+
+With ``smoothing=1`` step 2 does nothing. Every statistic forgets with ``horizon`` (events), so
+the scale of "normal" follows a stream whose noise changes. Spreads have floors: a channel the
+network reconstructs perfectly (a flat line) must not turn rounding noise into alarms.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 from scipy.signal import lfilter
@@ -18,42 +28,63 @@ from scipy.signal import lfilter
 from ae_core.keys import per_key
 from ae_core.scaling import OnlineScaler
 
+# Smallest residual spread, in scaled input units (standard deviations, or the [0, 1] range).
+RESIDUAL_FLOOR = 1e-3
+
 
 class ResidualScorer:
-    """Per-key EWMA of residual vectors, standardised per channel by normal-event statistics."""
+    """Per-key EWMA of clipped standardised residuals, standardised again by normal-event statistics."""
 
-    def __init__(self, n_features: int, smoothing: float) -> None:
+    def __init__(self, n_features: int, smoothing: float, clip: float, horizon: int | None = None) -> None:
         self.smoothing = smoothing
+        self.clip = clip
+        self.horizon = horizon
         self.state: dict[str, np.ndarray] = {}
-        self.normal = OnlineScaler(n_features, "standard")
+        self.raw = OnlineScaler(n_features, "standard", clip, horizon)
+        self.normal = OnlineScaler(n_features, "standard", clip, horizon)
+        # White noise of unit spread has EWMA spread sqrt(a / (2 - a)); half of it is the floor.
+        self.smoothed_floor = 0.5 * math.sqrt(smoothing / (2.0 - smoothing))
 
-    def smooth(self, residuals: np.ndarray, keys: np.ndarray | None) -> np.ndarray:
-        """EWMA of each key's residuals, continuing from the state its last events left."""
+    def standardise(self, residuals: np.ndarray) -> np.ndarray:
+        spread = np.maximum(self.raw.std, RESIDUAL_FLOOR)
+        return np.clip((residuals - self.raw.mean) / spread, -self.clip, self.clip)
+
+    def smooth(self, z: np.ndarray, keys: np.ndarray | None) -> np.ndarray:
+        """EWMA of each key's standardised residuals, continuing from the state its last events left."""
         if self.smoothing == 1.0:
-            return residuals
-        return per_key(residuals, keys, self._smooth_key, residuals.shape[1])
+            return z
+        return per_key(z, keys, self._smooth_key, z.shape[1])
 
-    def _smooth_key(self, key: str, residuals: np.ndarray) -> np.ndarray:
+    def _smooth_key(self, key: str, z: np.ndarray) -> np.ndarray:
         a = self.smoothing
         prev = self.state.get(key)
         if prev is None:
-            prev = residuals[0]
-        out, _ = lfilter([a], [1.0, a - 1.0], residuals, axis=0, zi=((1.0 - a) * prev)[None, :])
+            prev = z[0]
+        out, _ = lfilter([a], [1.0, a - 1.0], z, axis=0, zi=((1.0 - a) * prev)[None, :])
         self.state[key] = out[-1].copy()
         return out
 
     def squared_deviations(self, smoothed: np.ndarray) -> np.ndarray:
         """Squared standardised smoothed residuals, per event and channel."""
-        return np.square(self.normal.transform(smoothed))
+        spread = np.maximum(self.normal.std, self.smoothed_floor)
+        return np.square((smoothed - self.normal.mean) / spread)
 
-    def learn_many(self, smoothed: np.ndarray) -> None:
+    def learn_many(self, residuals: np.ndarray, smoothed: np.ndarray) -> None:
+        self.raw.learn_many(residuals)
         self.normal.learn_many(smoothed)
+
+    def forget_key(self, key: str) -> None:
+        """Drop a key's running average: its next event starts afresh."""
+        self.state.pop(key, None)
 
     def restart(self, residuals: np.ndarray) -> np.ndarray:
         """Forget everything, learn from residuals in time order, return their smoothed values."""
+        width = self.raw.mean.shape[0]
         self.state.clear()
-        self.normal = OnlineScaler(self.normal.mean.shape[0], "standard")
-        smoothed = self._smooth_key("", residuals)
+        self.raw = OnlineScaler(width, "standard", self.clip, self.horizon)
+        self.normal = OnlineScaler(width, "standard", self.clip, self.horizon)
+        self.raw.learn_many(residuals)
+        smoothed = self._smooth_key("", self.standardise(residuals))
         self.state.clear()
         self.normal.learn_many(smoothed)
         return smoothed

@@ -1,6 +1,11 @@
 """Detection quality on the labelled data in ../shared/data, beside river's HalfSpaceTrees.
 
-    python bench/quality.py [--data ../shared/data] [--only skab,asd,nab] [--set key=value ...]
+    python bench/quality.py [--data ../shared/data] [--only skab,free,asd,nab,stress] [--set key=value ...]
+
+Reports, per data set: flag metrics, AUC-PR of the scores, alerts (episodes opened), false alarms
+after a labelled anomaly has ended (recovery); SKAB's anomaly-free file (false alarms only); NAB's
+standard-profile score on alerts; and synthetic stress streams (flat, noise, one extreme spike, a
+step that stays, a step that returns).
 
 Every data set runs with the same detector defaults (``--set`` changes one for all, for
 experiments). Protocols follow ../shared/data/README.md.
@@ -26,8 +31,12 @@ from worker.settings import (
     DetectorSettings,  # noqa: E402
     InputSettings,
 )
+from ae_core import AutoencoderDetector  # noqa: E402
+from worker.simulate import STRESS, stress  # noqa: E402
 from worker.sinks import NullSink  # noqa: E402
 from worker.sources import Recording  # noqa: E402
+
+SKAB_INPUT = InputSettings(sep=";", time_column="datetime", label_column="anomaly", ignore_columns=("changepoint",))
 
 
 def replay(path: Path, options: InputSettings, detector: DetectorSettings) -> dict[str, np.ndarray]:
@@ -55,25 +64,79 @@ def hst_scores(path: Path, options: InputSettings, window: int, seed: int = 0) -
     return np.asarray(scores)
 
 
+def after_anomalies(labels: np.ndarray, flags: np.ndarray) -> int:
+    """Flagged rows after a labelled anomaly ended and before the next one began."""
+    y = labels > 0.5
+    ends = np.flatnonzero(y[:-1] & ~y[1:]) + 1
+    count = 0
+    for end in ends.tolist():
+        nxt = np.flatnonzero(y[end:])
+        stop = end + int(nxt[0]) if len(nxt) else len(y)
+        count += int(flags[end:stop].sum())
+    return count
+
+
 def skab(data: Path, detector: DetectorSettings, with_hst: bool) -> dict[str, object]:
-    opts = InputSettings(sep=";", time_column="datetime", label_column="anomaly", ignore_columns=("changepoint",))
-    det = detector.model_copy(update={"warmup": 400})
-    labels, flags, scores, hst = [], [], [], []
+    opts = SKAB_INPUT
+    det = detector.model_copy(update={"warmup": min(detector.warmup, 400)})
+    labels, flags, scores, hst, alerts, post = [], [], [], [], 0, 0
     for path in sorted((data / "skab" / "valve1").glob("*.csv"), key=lambda p: int(p.stem)):
         t = replay(path, opts, det)
         judged = t["index"] >= 400
         labels.append(t["labels"][judged])
         flags.append(t["flags"][judged])
         scores.append(t["score"][judged])
+        alerts += int(t["alerts"][judged].sum())
+        post += after_anomalies(t["labels"][judged], t["flags"][judged].astype(bool))
         if with_hst:
             hst.append(hst_scores(path, opts, 1)[judged])
     y, f = np.concatenate(labels), np.concatenate(flags)
     out = flag_metrics(y, f)
+    out.update(alerts=alerts, files=len(labels), false_alarms_after_anomaly=post)
     out["auc_pr"] = float(np.mean([average_precision(a, b) for a, b in zip(labels, scores)]))  # mean per file
     out["auc_pr_pooled"] = average_precision(y, np.concatenate(scores))
     if with_hst:
         out["hst_auc_pr"] = float(np.mean([average_precision(a, b) for a, b in zip(labels, hst)]))
         out["hst_auc_pr_pooled"] = average_precision(y, np.concatenate(hst))
+    return out
+
+
+def skab_free(data: Path, detector: DetectorSettings) -> dict[str, object]:
+    """SKAB's anomaly-free recording: every flag after row 400 is a false alarm."""
+    det = detector.model_copy(update={"warmup": min(detector.warmup, 400)})
+    out = {}
+    for path in sorted((data / "skab" / "anomaly-free").glob("*.csv")):
+        t = replay(path, InputSettings(sep=";", time_column="datetime"), det)
+        judged = t["index"] >= 400
+        out[path.stem] = {"rows": int(judged.sum()), "flagged_pct": 100 * float(t["flags"][judged].mean()),
+                          "alerts": int(t["alerts"][judged].sum())}
+    return out
+
+
+def stress_streams(detector: DetectorSettings, events: int = 6000, features: int = 4) -> dict[str, object]:
+    """Flagged share, alerts and recovery on the synthetic stress streams (seeded)."""
+    out = {}
+    middle = events // 2
+    for kind in STRESS:
+        X, labels = stress(kind, events, features, seed=0)
+        det = AutoencoderDetector(detector.to_config(features))
+        res = det.process_many(X)
+        judged = np.arange(events) >= detector.warmup
+        flags = res.is_anomaly
+        normal = judged & (labels < 0.5)
+        row: dict[str, object] = {"flagged_pct_normal": round(100 * float(flags[normal].mean()), 3),
+                                  "alerts": int(res.alert.sum()), "regime_changes": int(res.regime_change.sum())}
+        if kind in ("spike", "step-return"):
+            end = middle + (1 if kind == "spike" else 100)
+            row["flags_after_end"] = int(flags[end:].sum())
+            later = np.flatnonzero(flags[end:])
+            row["recovery_events"] = int(later[-1]) + 1 if len(later) else 0
+        if kind == "step":
+            later = np.flatnonzero(flags[middle:])
+            row["flagged_after_step"] = int(flags[middle:].sum())
+            row["last_flag_after_step"] = int(later[-1]) if len(later) else None
+            row["detected"] = bool(flags[middle:middle + 10].any())
+        out[kind] = row
     return out
 
 
@@ -85,11 +148,13 @@ def asd(data: Path, detector: DetectorSettings, with_hst: bool) -> dict[str, obj
         test = t["index"] >= 8640
         y, s, f = t["labels"][test], t["score"][test], t["flags"][test]
         row = {"auc_pr": average_precision(y, s), "best_f1": best_f1(y, s), "f1": flag_metrics(y, f)["f1"],
-               "far": flag_metrics(y, f)["far"]}
+               "far": flag_metrics(y, f)["far"], "alerts": int(t["alerts"][test].sum()),
+               "false_alarms_after_anomaly": after_anomalies(y, f.astype(bool))}
         if with_hst:
             h = hst_scores(path, opts, 1)[test]
             row.update(hst_auc_pr=average_precision(y, h), hst_best_f1=best_f1(y, h))
         rows[path.stem] = row
+    rows["mean"] = {k: float(np.mean([r[k] for r in rows.values()])) for k in ("auc_pr", "best_f1", "f1")}
     return rows
 
 
@@ -111,13 +176,13 @@ def nab(data: Path, detector: DetectorSettings, with_hst: bool) -> dict[str, obj
         labels = np.zeros(len(stamps))
         for a, b in spans:
             labels[a:b + 1] = 1.0
-        flags = t["flags"].astype(bool)
-        # An alert is the start of a run of flagged rows: that is what pages someone.
-        alerts = flags & ~np.r_[False, flags[:-1]]
+        alerts = t["alerts"].astype(bool)  # the first event of an episode: what pages someone
         score = nab_file_score(alerts, spans, probation)
         row = {"windows": len(spans), "nab_raw": round(score, 3),
                "detected": sum(bool(t["flags"][max(a, probation):b + 1].any()) for a, b in spans),
-               "false_alerts": int((alerts[probation:] & (labels[probation:] == 0)).sum())}
+               "false_alerts": int((alerts[probation:] & (labels[probation:] == 0)).sum()),
+               "flagged_pct": round(100 * float(t["flags"][probation:].mean()), 2),
+               "longest_run": _longest_run(t["flags"].astype(bool))}
         if labels[probation:].any():
             row["auc_pr"] = average_precision(labels[probation:], t["score"][probation:])
             if with_hst:
@@ -156,6 +221,14 @@ def nab_file_score(flags: np.ndarray, spans: list[tuple[int, int]], probation: i
     return total - fn_weight * (len(spans) - len(detected))
 
 
+def _longest_run(flags: np.ndarray) -> int:
+    best = run = 0
+    for f in flags.tolist():
+        run = run + 1 if f else 0
+        best = max(best, run)
+    return best
+
+
 def _scaled_sigmoid(position: float) -> float:
     return -1.0 if position > 3.0 else 2.0 / (1.0 + math.exp(5.0 * position)) - 1.0
 
@@ -165,7 +238,7 @@ def _row_at(stamps: list[str], stamp: str) -> int:
 
 
 def best_f1(y: np.ndarray, s: np.ndarray) -> float:
-    order = np.argsort(-s)
+    order = np.argsort(-np.nan_to_num(s, nan=-np.inf))
     tp = np.cumsum(y[order] > 0.5)
     k = np.arange(1, len(y) + 1)
     pos = max(1, int((y > 0.5).sum()))
@@ -175,16 +248,23 @@ def best_f1(y: np.ndarray, s: np.ndarray) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
-    parser.add_argument("--only", default="skab,asd,nab")
+    parser.add_argument("--only", default="skab,free,asd,nab,stress")
     parser.add_argument("--set", action="append", default=[], help="detector setting key=value")
     parser.add_argument("--no-hst", action="store_true", help="skip the HalfSpaceTrees baseline")
     args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(1)  # small networks; and tuning runs several benches side by side
     detector = DetectorSettings(**dict(kv.split("=", 1) for kv in args.set))
     data = Path(args.data)
     report: dict[str, object] = {"settings": {kv.split("=")[0]: kv.split("=", 1)[1] for kv in args.set}}
     started = time.perf_counter()
     if "skab" in args.only:
         report["skab_valve1"] = skab(data, detector, not args.no_hst)
+    if "free" in args.only:
+        report["skab_anomaly_free"] = skab_free(data, detector)
+    if "stress" in args.only:
+        report["stress"] = stress_streams(detector)
     if "asd" in args.only:
         report["asd"] = asd(data, detector, not args.no_hst)
     if "nab" in args.only:

@@ -36,13 +36,21 @@ def test_replay_writes_one_line_per_row_in_order(recording: Path, tmp_path: Path
     rows = lines(out)
     assert [r["index"] for r in rows] == list(range(3000))
     first, last = rows[0], rows[-1]
-    assert first["threshold"] is None and first["is_anomaly"] is False
+    assert first["threshold"] is None and first["score"] is None and first["is_anomaly"] is False
+    assert first["alert"] is False and first["episode"] is None
     assert last["threshold"] > 0 and "anomaly" not in [c["channel"] for c in last["contributions"]]
     assert {"index", "time", "label", "score", "threshold", "is_anomaly", "contributions", "latent"} <= set(last)
     assert len(last["latent"]) == 3 and len(last["contributions"]) == 3
     assert not any(r["is_anomaly"] for r in rows[:300])
+    flagged = [r for r in rows if r["is_anomaly"]]
+    assert flagged and flagged[0]["alert"] is True and all(r["episode"] is not None for r in flagged)
+    alerts = [r for r in rows if r["alert"]]
+    closing = [r for r in rows if "episode_closed" in r]
+    assert [r["episode"] for r in alerts] == list(range(len(alerts)))
+    assert [r["episode_closed"]["episode"] for r in closing] == list(range(len(closing)))
+    assert len(alerts) - len(closing) in (0, 1)  # the last episode may still be open at the end
     summary = capsys.readouterr().out
-    assert "anomalies:" in summary and str(out) in summary
+    assert "anomalies:" in summary and str(out) in summary and f"alerts (episodes opened): {len(alerts)}" in summary
 
 
 def test_replay_to_stdout_puts_summary_on_stderr(recording: Path, capsys) -> None:
@@ -60,7 +68,8 @@ def test_bad_rows_are_reported_and_do_not_stop_the_run(tmp_path: Path, capsys) -
     src = tmp_path / "with spaces.csv"
     src.write_text("t,temp a,press b,label\n" + "\n".join(rows) + "\n")
     out = tmp_path / "out.jsonl"
-    assert main(["replay", str(src), "-o", str(out), "--time-column", "t", "--label-column", "label"]) == 0
+    assert main(["replay", str(src), "-o", str(out), "--time-column", "t", "--label-column", "label",
+                 "--warmup", "100"]) == 0
     result = lines(out)
     assert [r["index"] for r in result] == list(range(400))
     reasons = {r["index"]: r["invalid"] for r in result if "invalid" in r}
@@ -70,7 +79,9 @@ def test_bad_rows_are_reported_and_do_not_stop_the_run(tmp_path: Path, capsys) -
     assert "out of range" in reasons[55]
     errors = lines(Path(f"{out}.errors.jsonl"))
     assert [e["index"] for e in errors] == [50, 51, 52, 53, 54, 55] and errors[0]["raw"] == "50,abc,1.0,0"
-    assert all(isinstance(r["score"], float) for r in result if "invalid" not in r)
+    scored = [r for r in result if "invalid" not in r]
+    assert all(r["score"] is None for r in scored[:100])  # warm-up: the model is not judged yet
+    assert all(isinstance(r["score"], float) for r in scored[100:])
     assert "invalid: 6" in capsys.readouterr().out
 
 

@@ -95,25 +95,36 @@ def test_anomalies_topic_holds_exactly_what_replay_flags(kafka: str, topic_prefi
     # replay of the same recording, in one call: the flags must be identical
     det = AutoencoderDetector(s.detector.to_config(8, channel_names(8)))
     values = np.vstack([b.values for b in rec.batches()])
-    expected = np.flatnonzero(det.process_many(values).is_anomaly)
+    res = det.process_many(values)
+    expected = np.flatnonzero(res.is_anomaly)
     out = read_topic(kafka, f"{topic_prefix}-out")
-    offsets = [json.loads(m.value)["source"]["offset"] for m in out]
+    records = [json.loads(m.value) for m in out]
+    offsets = [r["source"]["offset"] for r in records if r["type"] == "anomaly"]
     assert offsets == expected.tolist() and len(offsets) == stats.anomalies > 0
     assert min(offsets) >= s.detector.warmup  # nothing during warm-up
+    # episodes: an alert opens each, a closing record ends it, the same as in replay
+    assert [r["source"]["offset"] for r in records if r.get("alert")] == np.flatnonzero(res.alert).tolist()
+    closing = [r for r in records if r["type"] == "episode_closed"]
+    assert [r["source"]["offset"] for r in closing] == sorted(res.closed) and closing
+    assert [r["episode_closed"]["episode"] for r in closing] == [res.closed[i].episode for i in sorted(res.closed)]
+    assert all(r["episode"] is None and r["alert"] is False for r in closing)
 
-    first = json.loads(out[0].value)
+    first = next(r for r in records if r["type"] == "anomaly")
+    assert first["alert"] is True and first["episode"] == 0
     assert first["key"] == "pump-1" and out[0].key == b"pump-1"
     assert {"score", "threshold", "contributions", "timestamp", "readings", "source"} <= set(first)
     assert first["score"] > first["threshold"] > 0
     assert first["source"] == {"topic": f"{topic_prefix}-in", "partition": 0, "offset": offsets[0]}
     headers = dict(out[0].headers)
-    assert headers["ae-source"] == f"{topic_prefix}-in/0/{offsets[0]}".encode()
+    assert headers["ae-source"] == f"{topic_prefix}-in/0/{offsets[0]}".encode() and headers["ae-type"] == b"anomaly"
     assert committed(kafka, f"{topic_prefix}-group", TopicPartition(f"{topic_prefix}-in", 0)) == 4000
     assert "ae_events_total" in seen.get("metrics", "") and seen.get("healthz") == "ok\n"
     registry = worker.metrics.registry
     labels = {"topic": f"{topic_prefix}-in", "partition": "0"}
     assert registry.get_sample_value("ae_events_total", {"topic": labels["topic"]}) == 4000
     assert registry.get_sample_value("ae_anomalies_total", {"topic": labels["topic"]}) == len(offsets)
+    assert registry.get_sample_value("ae_alerts_total", {"topic": labels["topic"]}) == res.alert.sum()
+    assert registry.get_sample_value("ae_episodes_closed_total", {"topic": labels["topic"]}) == len(closing)
     assert registry.get_sample_value("ae_consumer_lag", labels) == 0
     assert registry.get_sample_value("ae_threshold", labels) > 0
     assert registry.get_sample_value("ae_training_loss", labels) > 0
@@ -203,7 +214,7 @@ def test_sigterm_commits_and_a_restart_continues_without_gap(kafka: str, topic_p
     done_second = int(err.split("events: ")[1].split()[0])
     assert done_first + done_second == total  # no gap, no duplicate
     assert "restored detector" in err
-    flagged = sorted(json.loads(m.value)["source"]["offset"] for m in read_topic(kafka, f"{topic_prefix}-out"))
+    flagged = anomaly_offsets(kafka, f"{topic_prefix}-out")
     assert len(flagged) == len(set(flagged))  # no anomaly published twice
 
 
@@ -389,10 +400,16 @@ def test_events_published_before_a_lost_commit_are_not_published_again(kafka: st
     rewinder.assign([tp])
     rewinder.commit({tp: OffsetAndMetadata(400, "", -1)})
     rewinder.close()
-    before = len(read_topic(kafka, f"{topic_prefix}-out"))
+    before = len(anomaly_offsets(kafka, f"{topic_prefix}-out"))
     produce(Recording(tmp_path / "b.csv", opts), s.kafka, f"{topic_prefix}-in", "pump-5", speed=0, create=True)
     again = Worker(s).run()
     assert again.events == 400  # only the new events; 400..999 were published before
     assert committed(kafka, f"{topic_prefix}-group", tp) == 1400
-    offsets = [json.loads(m.value)["source"]["offset"] for m in read_topic(kafka, f"{topic_prefix}-out")]
+    offsets = anomaly_offsets(kafka, f"{topic_prefix}-out")
     assert len(offsets) == len(set(offsets)) and len(offsets) - before == again.anomalies
+
+
+def anomaly_offsets(kafka: str, topic: str) -> list[int]:
+    """Source offsets of the anomaly records on an output topic (not episode closings)."""
+    records = [json.loads(m.value) for m in read_topic(kafka, topic)]
+    return [r["source"]["offset"] for r in records if r["type"] == "anomaly"]

@@ -96,3 +96,43 @@ def test_quantile_threshold_is_margin_times_rolling_quantile() -> None:
     restored = QuantileThreshold(q=0.5, margin=2.0, window=4, batch_size=2)
     restored.load_state(th.state())
     assert restored.get() == th.get()
+
+
+def test_winsorised_learning_keeps_one_extreme_reading_from_owning_the_statistics() -> None:
+    rng = np.random.default_rng(3)
+    robust, plain = OnlineScaler(1, "standard", clip=5.0), OnlineScaler(1, "standard")
+    for scaler in (robust, plain):
+        scaler.learn_many(rng.normal(size=(1000, 1)))
+        scaler.learn_many(np.array([[1e15]]))
+    assert abs(robust.mean[0]) < 0.1 and robust.std[0] < 1.2
+    assert plain.std[0] > 1e12
+    assert robust.transform(np.array([[1e15]]))[0, 0] == 5.0  # clipped at clip standard deviations
+
+
+def test_horizon_lets_the_centre_follow_a_new_normal() -> None:
+    rng = np.random.default_rng(4)
+    forgetting, keeping = OnlineScaler(1, "standard", horizon=1000), OnlineScaler(1, "standard")
+    for scaler in (forgetting, keeping):
+        for level in (0.0, 10.0):
+            for _ in range(20):
+                scaler.learn_many(rng.normal(level, 1.0, size=(250, 1)))
+    assert forgetting.mean[0] > 9.5 and forgetting.std[0] < 1.5
+    assert 4.0 < keeping.mean[0] < 6.0
+
+
+def test_robust_threshold_ignores_a_minority_of_outlying_scores() -> None:
+    from ae_core.threshold import RobustThreshold
+
+    rng = np.random.default_rng(5)
+    normal = rng.chisquare(4, size=(8, 256)) / 4
+    robust, sigma = RobustThreshold(4.0, 16), AdaptiveThreshold(4.0, 16)
+    for batch in normal:
+        robust.update_many(batch)
+        sigma.update_many(batch)
+    before = robust.get(), sigma.get()
+    outliers = np.full(200, 1e4)  # e.g. an early network's residuals, or mild anomalies under the bar
+    robust.update_many(outliers)
+    sigma.update_many(outliers)
+    assert robust.get() < 1.5 * before[0]
+    assert sigma.get() > 10 * before[1]
+    assert RobustThreshold(4.0, 4).get() is None

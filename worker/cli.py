@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from ae_core import AECoreError
+from worker.simulate import STRESS
 from worker.errors import WorkerError
 from worker.logs import configure_logging
 from worker.settings import DetectorSettings, Settings, load_settings
@@ -136,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--events", type=int, default=20_000)
     simulate.add_argument("--features", type=int, default=8)
     simulate.add_argument("--seed", type=int, default=0)
+    simulate.add_argument("--stress", choices=STRESS, help="a stress stream instead (flat, noise, one extreme spike, "
+                          "a step that stays, a step that returns)")
     return parser
 
 

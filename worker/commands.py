@@ -16,6 +16,7 @@ from worker.pipeline import Replay, Trace
 from worker.plotting import plot_replay
 from worker.settings import Settings
 from worker.simulate import simulate as make_recording
+from worker.simulate import stress as stress_stream
 from worker.simulate import write_recording
 from worker.sinks import JsonLinesSink, NullSink
 from worker.sources import Recording
@@ -120,6 +121,12 @@ def record(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def simulate(args: argparse.Namespace, settings: Settings) -> int:
+    if args.stress:
+        X, labels = stress_stream(args.stress, args.events, args.features, seed=args.seed)
+        write_recording(args.output, X, labels)
+        print(f"wrote {args.output}: {args.stress} stress stream, {args.events} events, {args.features} channels, "
+              f"{int(labels.sum())} anomalous rows")
+        return 0
     X, labels, injected = make_recording(args.events, args.features, seed=args.seed)
     write_recording(args.output, X, labels)
     print(f"wrote {args.output}: {args.events} events, {args.features} channels, "

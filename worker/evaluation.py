@@ -13,8 +13,9 @@ def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
     y = np.asarray(labels) > 0.5
     if not y.any():
         return float("nan")
-    order = np.argsort(-np.asarray(scores), kind="stable")
-    s, y = np.asarray(scores)[order], y[order]
+    scores = np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=-np.inf)  # warm-up: not judged
+    order = np.argsort(-scores, kind="stable")
+    s, y = scores[order], y[order]
     last_of_tie = np.r_[np.diff(s) != 0, True]
     tp = np.cumsum(y)[last_of_tie]
     seen = np.arange(1, len(y) + 1)[last_of_tie]

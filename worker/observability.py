@@ -19,6 +19,13 @@ class Metrics:
         self.registry = r = CollectorRegistry()
         self.events = Counter("ae_events", "Events consumed and scored", ["topic"], registry=r)
         self.anomalies = Counter("ae_anomalies", "Anomalies published", ["topic"], registry=r)
+        self.alerts = Counter("ae_alerts", "Episodes opened (the first flagged event of a key after a quiet period)",
+                              ["topic"], registry=r)
+        self.episodes_closed = Counter("ae_episodes_closed", "Episodes closed after their quiet period", ["topic"],
+                                       registry=r)
+        self.regime_changes = Counter("ae_regime_changes", "Episodes accepted as a new normal after adapt_after "
+                                      "events", ["topic"], registry=r)
+        self.open_episodes = Gauge("ae_open_episodes", "Episodes open now", ["topic", "partition"], registry=r)
         self.dead_letters = Counter("ae_dead_letters", "Events sent to the dead-letter topic", ["topic", "kind"],
                                     registry=r)
         self.batch_seconds = Histogram("ae_batch_seconds", "Time to score, publish and commit one mini-batch",

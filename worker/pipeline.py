@@ -27,6 +27,8 @@ class Trace:
     score: list[np.ndarray] = field(default_factory=list)
     threshold: list[np.ndarray] = field(default_factory=list)
     flags: list[np.ndarray] = field(default_factory=list)
+    alerts: list[np.ndarray] = field(default_factory=list)
+    episode: list[np.ndarray] = field(default_factory=list)
     labels: list[np.ndarray] = field(default_factory=list)
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -91,6 +93,8 @@ class Replay:
             self.trace.score.append(res.score)
             self.trace.threshold.append(res.threshold)
             self.trace.flags.append(res.is_anomaly)
+            self.trace.alerts.append(res.alert)
+            self.trace.episode.append(res.episode)
             if batch.labels is not None:
                 self.trace.labels.append(batch.labels)
 

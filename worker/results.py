@@ -9,30 +9,51 @@ from typing import Any
 import numpy as np
 
 from ae_core import BatchResult
+from ae_core.episodes import ClosedEpisode
 
 
 def result_records(res: BatchResult, channels: tuple[str, ...], rows: np.ndarray | None = None,
                    leading: dict[str, list[Any]] | None = None) -> list[dict[str, Any]]:
-    """One dict per event (or per event in ``rows``): the ``leading`` columns first, then score,
-    reconstruction error, threshold (None in warm-up), is_anomaly and contributions."""
-    pick = slice(None) if rows is None else rows
+    """One dict per event (or per event in ``rows``): the ``leading`` columns first, then score
+    and threshold (None in warm-up), reconstruction error, is_anomaly, alert, episode (None
+    outside one) and contributions. The event that closes an episode also gets
+    ``episode_closed`` (what the episode was); the event at which a new normal is accepted gets
+    ``regime_change: true``."""
+    pick = np.arange(len(res)) if rows is None else np.asarray(rows)
     names = np.asarray(channels, dtype=object)
     contributions = [[{"channel": n, "share": s} for n, s in zip(ns, ss)]
                      for ns, ss in zip(names[res.top_channels[pick]].tolist(),
                                        np.round(res.top_shares[pick], 4).tolist())]
-    thresholds = [None if t != t else t for t in res.threshold[pick].tolist()]  # NaN -> None
     columns: dict[str, list[Any]] = {
         **(leading or {}),
-        "score": res.score[pick].tolist(),
+        "score": _nan_to_none(res.score[pick].tolist()),
         "reconstruction_error": res.error[pick].tolist(),
-        "threshold": thresholds,
+        "threshold": _nan_to_none(res.threshold[pick].tolist()),
         "is_anomaly": res.is_anomaly[pick].tolist(),
+        "alert": res.alert[pick].tolist(),
+        "episode": [None if e < 0 else e for e in res.episode[pick].tolist()],
         "contributions": contributions,
     }
     if res.latent is not None:
         columns["latent"] = res.latent[pick].tolist()
     keys = list(columns)
-    return [dict(zip(keys, values)) for values in zip(*columns.values())]
+    records = [dict(zip(keys, values)) for values in zip(*columns.values())]
+    for record, row in zip(records, pick.tolist()):
+        closed = res.closed.get(row)
+        if closed is not None:
+            record["episode_closed"] = episode_summary(closed)
+        if res.regime_change[row]:
+            record["regime_change"] = True
+    return records
+
+
+def episode_summary(closed: ClosedEpisode) -> dict[str, Any]:
+    return {"episode": closed.episode, "events": closed.events, "flagged": closed.flagged,
+            "peak_score": closed.peak_score, "accepted_as_normal": closed.accepted}
+
+
+def _nan_to_none(values: list[float]) -> list[float | None]:
+    return [None if v != v else v for v in values]
 
 
 @dataclass
@@ -44,6 +65,8 @@ class RunSummary:
     invalid: int = 0
     live: int = 0
     anomalies: int = 0
+    episodes: int = 0
+    regime_changes: int = 0
     segments: list[tuple[int, int]] = field(default_factory=list)
     top_channels: Counter[str] = field(default_factory=Counter)
     invalid_reasons: Counter[str] = field(default_factory=Counter)
@@ -63,6 +86,8 @@ class RunSummary:
                                  fn=int((truth & ~flags).sum()), tn=int((~truth & ~flags).sum()))
         flagged = index[res.is_anomaly]
         self.anomalies += len(flagged)
+        self.episodes += int(res.alert.sum())
+        self.regime_changes += int(res.regime_change.sum())
         for channel in res.top_channels[res.is_anomaly, 0].tolist():
             self.top_channels[channels[channel]] += 1
         for i in flagged.tolist():
@@ -78,7 +103,8 @@ class RunSummary:
     def as_dict(self) -> dict[str, Any]:
         return {
             "rows": self.rows, "scored": self.scored, "invalid": self.invalid, "live": self.live,
-            "anomalies": self.anomalies, "anomaly_rate": self.anomalies / self.live if self.live else 0.0,
+            "anomalies": self.anomalies, "episodes": self.episodes, "regime_changes": self.regime_changes,
+            "anomaly_rate": self.anomalies / self.live if self.live else 0.0,
             "segments": [list(s) for s in self.segments], "top_channels": dict(self.top_channels.most_common()),
             "invalid_reasons": dict(self.invalid_reasons), "seconds": round(self.seconds, 3),
             "events_per_second": round(self.rows / self.seconds) if self.seconds > 0 else None,
@@ -91,7 +117,8 @@ class RunSummary:
             f"rows: {self.rows}  scored: {self.scored}  invalid: {self.invalid}  "
             f"judged after warm-up: {self.live}",
             f"anomalies: {self.anomalies} ({100 * d['anomaly_rate']:.2f}% of judged events) "
-            f"in {len(self.segments)} segment(s)",
+            f"in {len(self.segments)} segment(s); alerts (episodes opened): {self.episodes}"
+            + (f"; new normal accepted: {self.regime_changes}" if self.regime_changes else ""),
         ]
         shown = ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b in self.segments[:12])
         if self.segments:

@@ -201,22 +201,32 @@ class Worker:
         det = state.detector
         res = det.process_many(np.array([g.values for g in good]), np.array([g.key for g in good]))
         flagged = np.flatnonzero(res.is_anomaly)
-        if len(flagged):
-            records = result_records(res, det.config.names, flagged)
-            for i, record in zip(flagged.tolist(), records):
-                sends.append(self._publish_anomaly(tp, good_msgs[i], good[i], record, det.config.names))
+        rows = np.union1d(np.union1d(flagged, np.flatnonzero(res.regime_change)), np.fromiter(res.closed, np.int64))
+        if len(rows):
+            for i, record in zip(rows.tolist(), result_records(res, det.config.names, rows)):
+                sends.append(self._publish(tp, good_msgs[i], good[i], record, det.config.names))
             self.stats.anomalies += len(flagged)
             self.metrics.anomalies.labels(tp.topic).inc(len(flagged))
+            self.metrics.alerts.labels(tp.topic).inc(int(res.alert.sum()))
+            self.metrics.episodes_closed.labels(tp.topic).inc(len(res.closed))
+            self.metrics.regime_changes.labels(tp.topic).inc(int(res.regime_change.sum()))
         labels = (tp.topic, str(tp.partition))
+        self.metrics.open_episodes.labels(*labels).set(len(det.episodes.open))
         if not np.isnan(res.threshold[-1]):
             self.metrics.threshold.labels(*labels).set(float(res.threshold[-1]))
         if det.last_loss is not None:
             self.metrics.loss.labels(*labels).set(det.last_loss)
         return sends
 
-    def _publish_anomaly(self, tp: TopicPartition, msg: Any, event: ParsedEvent, record: dict[str, Any],
-                         channels: tuple[str, ...]) -> Any:
+    def _publish(self, tp: TopicPartition, msg: Any, event: ParsedEvent, record: dict[str, Any],
+                 channels: tuple[str, ...]) -> Any:
+        """One record on the output topic: an ``anomaly`` (a flagged event; ``alert`` true on the
+        first of its episode), an ``episode_closed`` (the event that completed the quiet period),
+        or a ``regime_change`` (an unflagged event at which an episode was accepted as normal)."""
+        kind = "anomaly" if record["is_anomaly"] else "episode_closed" if "episode_closed" in record \
+            else "regime_change"
         payload = {
+            "type": kind,
             "key": event.key,
             "timestamp": event.timestamp,
             **record,
@@ -224,7 +234,7 @@ class Worker:
             "source": {"topic": tp.topic, "partition": tp.partition, "offset": msg.offset},
         }
         del payload["is_anomaly"]
-        headers = [("content-type", b"application/json"),
+        headers = [("content-type", b"application/json"), ("ae-type", kind.encode()),
                    ("ae-source", f"{tp.topic}/{tp.partition}/{msg.offset}".encode()),
                    ("ae-score", repr(record["score"]).encode()),
                    ("ae-top-channel", record["contributions"][0]["channel"].encode())]

@@ -52,16 +52,24 @@ class DetectorSettings(BaseModel):
     scaling: Literal["minmax", "standard"] | None = Field(
         None, description="online scaling; default: minmax for sigmoid, standard for identity")
     learn_on_anomalies: bool = Field(False, description="also learn from flagged events")
-    relearn_rate: float = Field(0.5, gt=0, le=1, description="learn flagged events too once this share of "
-                                "the recent stream is flagged (1 = never)")
-    warmup: int = Field(512, ge=0, description="events learned but never flagged at the start")
+    stats_horizon: int | None = Field(10_000, ge=1, description="events the running statistics remember "
+                                      "(scaling, residual spread); None = all")
+    clip: float = Field(20.0, gt=0, description="standardised inputs and residuals are clipped (and learned "
+                        "winsorised) at this many standard deviations")
+    warmup: int = Field(400, ge=0, description="events learned but never judged at the start (score null)")
     smoothing: float = Field(0.1, gt=0, le=1, description="EWMA factor of the residuals per key (1 = none)")
-    threshold_rule: Literal["sigma", "quantile"] = Field(
-        "sigma", description="sigma: (mean + k*std)^3 of cube roots; quantile: margin * rolling quantile")
+    threshold_rule: Literal["robust", "sigma", "quantile"] = Field(
+        "robust", description="robust: (median + k*MAD)^3 of cube roots; sigma: (mean + k*std)^3 of cube roots; "
+        "quantile: margin * rolling quantile")
     threshold_quantile: float = Field(0.99, gt=0, lt=1, description="quantile of normal scores (rule quantile)")
     threshold_margin: float = Field(1.5, gt=0, description="multiplier of that quantile (rule quantile)")
     threshold_k: float = Field(4.5, gt=0, description="threshold = (mean + k*std)^3 of cube-rooted normal scores")
     threshold_window: int = Field(4096, ge=1, description="events the threshold statistics cover")
+    episode_quiet: int = Field(20, ge=1, description="events of a key without a flag that close its episode")
+    adapt_after: int | None = Field(1000, ge=1, description="an episode still open after this many events of "
+                                    "its key is accepted as a new normal and learned (None = never)")
+    adapt_steps: int = Field(8, ge=0, description="extra optimisation steps per mini-batch holding flagged events "
+                             "of an accepted episode (catching up with the new normal)")
     top_k: int = Field(3, ge=1, description="contributing channels reported per event")
     seed: int = Field(0, description="seeds weights, sampling and noise: same seed, same output")
 

@@ -78,6 +78,35 @@ def simulate(events: int, features: int, seed: int, anomaly_every: int = 700,
     return X, labels, injected
 
 
+STRESS = ("flat", "noise", "spike", "step", "step-return")
+
+
+def stress(kind: str, events: int = 6000, features: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A stream that tests a decision mechanism rather than detection: ``flat`` (a constant with
+    rounding-level noise) and ``noise`` (independent Gaussian noise) hold no anomaly; ``spike``
+    has one valid but extreme reading (1e15) at the middle; ``step`` shifts every channel by 8
+    standard deviations at the middle for good; ``step-return`` shifts them for 100 events and
+    comes back. Labels mark the spike and the shifted events."""
+    if kind not in STRESS:
+        raise ValueError(f"unknown stress stream {kind!r}; one of {', '.join(STRESS)}")
+    rng = np.random.default_rng(seed)
+    labels = np.zeros(events)
+    middle = events // 2
+    if kind == "flat":
+        return 40.0 + rng.normal(0.0, 1e-9, size=(events, features)), labels
+    X = rng.normal(0.0, 1.0, size=(events, features)) + np.arange(1, features + 1) * 10.0
+    if kind == "spike":
+        X[middle, 0] = 1e15
+        labels[middle] = 1.0
+    elif kind == "step":
+        X[middle:] += 8.0
+        labels[middle:] = 1.0
+    elif kind == "step-return":
+        X[middle:middle + 100] += 8.0
+        labels[middle:middle + 100] = 1.0
+    return X, labels
+
+
 def _ar1(rng: np.random.Generator, n: int, phi: float, sigma: float) -> np.ndarray:
     out = np.empty(n)
     noise = rng.normal(0.0, sigma, size=n)

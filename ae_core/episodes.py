@@ -1,0 +1,116 @@
+"""Episodes: runs of flagged events of one key, what pages a person; and accepting a new normal.
+
+An episode of a key opens at a flagged event (its *alert*) and stays open while flags keep
+coming; after ``quiet`` consecutive events of that key without a flag, the event that completes
+the quiet period closes it. Every event of the key while it is open belongs to it. Ids count up
+per detector, so they are unique within one detector (one Kafka partition, one replay).
+
+An episode still open ``adapt_after`` events of its key after its alert is no longer a fault but a
+new operating point (a level shift that stays, a recalibrated sensor): the detector *accepts* it
+at that event (``accepted``) and from then on learns the key's flagged events as normal, until the
+episode closes. A fault longer than ``adapt_after`` is therefore reported (one alert) and then
+learned; ``adapt_after=None`` never accepts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+NONE = -1
+
+
+@dataclass
+class ClosedEpisode:
+    """What an episode was, reported by the event that closed it."""
+
+    episode: int
+    key: str
+    events: int  # events of the key from the alert to the last flagged one
+    flagged: int
+    peak_score: float
+    accepted: bool  # the detector accepted a new normal during it
+
+
+@dataclass
+class EpisodeUpdate:
+    """Per event of a segment: its open episode (or -1), whether it is the alert, the episode it
+    closed (or -1), whether a new normal was accepted at it, and whether it is learned although
+    flagged (it belongs to an accepted episode)."""
+
+    episode: np.ndarray
+    alert: np.ndarray
+    closed: np.ndarray
+    accepted: np.ndarray
+    adapting: np.ndarray
+    closed_episodes: dict[int, ClosedEpisode] = field(default_factory=dict)  # row -> what it closed
+
+
+@dataclass
+class _Open:
+    episode: int
+    age: int = 0  # events of the key since the alert, the alert included
+    quiet: int = 0  # events of the key since the last flag
+    last_flag_age: int = 0
+    flagged: int = 0
+    peak_score: float = 0.0
+    accepted: bool = False
+
+
+class EpisodeTracker:
+    """Opens, extends and closes the episodes of each key, event by event."""
+
+    def __init__(self, quiet: int, adapt_after: int | None) -> None:
+        self.quiet = quiet
+        self.adapt_after = adapt_after
+        self.open: dict[str, _Open] = {}
+        self.next_id = 0
+
+    def update(self, flags: np.ndarray, scores: np.ndarray, keys: np.ndarray | None) -> EpisodeUpdate:
+        n = len(flags)
+        out = EpisodeUpdate(np.full(n, NONE, dtype=np.int64), np.zeros(n, dtype=bool),
+                            np.full(n, NONE, dtype=np.int64), np.zeros(n, dtype=bool), np.zeros(n, dtype=bool))
+        if not self.open and not flags.any():
+            return out
+        key_list = [""] * n if keys is None else keys.tolist()
+        for i, (flag, key) in enumerate(zip(flags.tolist(), key_list)):
+            ep = self.open.get(key)
+            if ep is None and not flag:
+                continue
+            if ep is None:
+                ep = self.open[key] = _Open(self.next_id)
+                self.next_id += 1
+                out.alert[i] = True
+            ep.age += 1
+            if flag:
+                ep.quiet = 0
+                ep.flagged += 1
+                ep.last_flag_age = ep.age
+                ep.peak_score = max(ep.peak_score, float(scores[i]))
+            else:
+                ep.quiet += 1
+                if ep.quiet >= self.quiet:
+                    out.closed[i] = ep.episode
+                    out.closed_episodes[i] = ClosedEpisode(ep.episode, key, ep.last_flag_age, ep.flagged,
+                                                           ep.peak_score, ep.accepted)
+                    del self.open[key]
+                    continue
+            out.episode[i] = ep.episode
+            if not ep.accepted and self.adapt_after is not None and ep.age >= self.adapt_after:
+                ep.accepted = True
+                out.accepted[i] = True
+            out.adapting[i] = ep.accepted
+        return out
+
+    def state(self) -> dict[str, object]:
+        return {"next_id": self.next_id,
+                "open": {k: [e.episode, e.age, e.quiet, e.last_flag_age, e.flagged, e.peak_score, int(e.accepted)]
+                         for k, e in self.open.items()}}
+
+    def load_state(self, state: dict[str, object]) -> None:
+        self.next_id = int(state["next_id"])  # type: ignore[call-overload]
+        self.open = {}
+        for key, (episode, age, quiet, last, flagged, peak, accepted) in state["open"].items():  # type: ignore[attr-defined]
+            self.open[str(key)] = _Open(int(episode), int(age), int(quiet), int(last), int(flagged), float(peak),
+                                        bool(accepted))

@@ -1,0 +1,34 @@
+"""One-screen summary of a ``bench/quality.py`` JSON report (stdin or a file)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def summary(report: dict) -> dict[str, float]:
+    out: dict[str, float] = {}
+    if "skab_valve1" in report:
+        s = report["skab_valve1"]
+        out.update(skab_f1=s["f1"], skab_far=s["far"], skab_auc_pr=s["auc_pr_pooled"], skab_alerts=s["alerts"],
+                   skab_after=s["false_alarms_after_anomaly"])
+    if "skab_anomaly_free" in report:
+        rows = report["skab_anomaly_free"].values()
+        out["free_flag_pct"] = max(r["flagged_pct"] for r in rows)
+    if "asd" in report:
+        m = report["asd"]["mean"]
+        out.update(asd_auc_pr=m["auc_pr"], asd_f1=m["f1"], asd_best_f1=m["best_f1"])
+    if "nab" in report:
+        out["nab_score"] = report["nab"]["normalised_score"]
+        out["nab_longest_run"] = max(f["longest_run"] for f in report["nab"]["files"].values())
+    if "stress" in report:
+        st = report["stress"]
+        out.update(flat_pct=st["flat"]["flagged_pct_normal"], noise_pct=st["noise"]["flagged_pct_normal"],
+                   spike_after=st["spike"]["flags_after_end"], return_recovery=st["step-return"]["recovery_events"],
+                   step_last_flag=st["step"]["last_flag_after_step"] or 0)
+    return out
+
+
+if __name__ == "__main__":
+    data = json.load(open(sys.argv[1]) if len(sys.argv) > 1 else sys.stdin)
+    print("  ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in summary(data).items()))

@@ -1,0 +1,115 @@
+"""The decision mechanisms: recovery, accepting a new normal, robustness, episodes and alerts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ae_core import AutoencoderDetector, DetectorConfig
+from ae_core.checkpoint import dumps, loads
+from ae_core.episodes import EpisodeTracker
+from worker.simulate import stress
+
+EVENTS, MIDDLE = 6000, 3000
+
+
+def run(kind: str, **overrides: object) -> tuple[AutoencoderDetector, np.ndarray, object]:
+    X, labels = stress(kind, EVENTS, 4, seed=0)
+    det = AutoencoderDetector(DetectorConfig(n_channels=4, **overrides))  # type: ignore[arg-type]
+    return det, labels, det.process_many(X)
+
+
+@pytest.mark.parametrize("kind", ["flat", "noise"])
+def test_streams_without_anomalies_stay_quiet(kind: str) -> None:
+    det, _, res = run(kind)
+    judged = res.is_anomaly[det.config.warmup:]
+    assert judged.mean() <= 0.002, f"{judged.sum()} of {len(judged)} flagged"
+
+
+def test_one_extreme_reading_costs_a_few_flags() -> None:
+    _, _, res = run("spike")
+    assert res.is_anomaly[MIDDLE]
+    assert res.is_anomaly[MIDDLE + 1:].sum() <= 5
+    assert res.is_anomaly[:MIDDLE].sum() <= 5
+
+
+def test_flags_stop_soon_after_an_anomaly_ends() -> None:
+    _, _, res = run("step-return")
+    assert res.is_anomaly[MIDDLE:MIDDLE + 5].any()
+    assert res.is_anomaly[MIDDLE:MIDDLE + 100].mean() > 0.9  # the whole shift is reported
+    late = np.flatnonzero(res.is_anomaly[MIDDLE + 100:])
+    assert len(late) == 0 or late[-1] < 50, f"still flagging {late[-1]} events after the anomaly ended"
+    assert res.alert[MIDDLE:].sum() == 1  # one episode, one page
+
+
+def test_a_shift_that_stays_is_accepted_within_the_horizon() -> None:
+    det, _, res = run("step", adapt_after=300)
+    assert res.alert[MIDDLE:MIDDLE + 5].any()  # reported first
+    accepted = np.flatnonzero(res.regime_change)
+    assert accepted.tolist() and MIDDLE <= accepted[0] <= MIDDLE + 300
+    assert det.regime_changes == len(accepted)
+    late = np.flatnonzero(res.is_anomaly[MIDDLE + 1000:])
+    assert len(late) == 0, f"{len(late)} flags more than 1000 events after the shift"
+    closed = [ep for ep in res.closed.values() if ep.accepted]
+    assert closed and closed[0].episode == res.episode[accepted[0]]
+
+
+def test_without_adaptation_a_long_fault_stays_flagged() -> None:
+    _, _, res = run("step", adapt_after=None)
+    assert not res.regime_change.any()
+    assert res.is_anomaly[MIDDLE:].mean() > 0.9
+
+
+def test_score_is_null_during_warmup() -> None:
+    det, _, res = run("noise", warmup=300)
+    assert np.isnan(res.score[:300]).all() and np.isfinite(res.score[300:]).all()
+    assert det.config.warmup == 300 and DetectorConfig(n_channels=2).warmup <= 400
+
+
+def test_episode_invariants_with_several_keys() -> None:
+    rng = np.random.default_rng(1)
+    flags = rng.random(5000) < 0.03
+    flags[1000:1200] = True
+    keys = rng.choice(["a", "b", "c"], size=5000)
+    tracker = EpisodeTracker(quiet=10, adapt_after=None)
+    parts = [tracker.update(flags[i:i + 333], np.ones(333)[: len(flags[i:i + 333])], keys[i:i + 333])
+             for i in range(0, 5000, 333)]
+    episode = np.concatenate([p.episode for p in parts])
+    alert = np.concatenate([p.alert for p in parts])
+    closed = np.concatenate([p.closed for p in parts])
+    assert (episode[flags] >= 0).all()  # every flagged event is in an episode
+    for key in "abc":
+        mine = keys == key
+        inside = np.flatnonzero(mine & (episode >= 0))
+        ids, first = np.unique(episode[inside], return_index=True)
+        starts = inside[first]
+        assert alert[starts].all() and alert[mine].sum() == len(ids)  # an alert starts every episode
+        seq = episode[mine]
+        # episodes of one key never overlap: ids appear in one contiguous run each
+        runs = seq[np.r_[True, seq[1:] != seq[:-1]]]
+        assert len(runs[runs >= 0]) == len(ids)
+    assert len(np.unique(episode[alert])) == alert.sum()  # ids are unique across keys
+    closed_ids = closed[closed >= 0]
+    assert len(set(closed_ids.tolist())) == len(closed_ids) and set(closed_ids.tolist()) <= set(episode.tolist())
+
+
+def test_episode_closes_after_the_quiet_period() -> None:
+    tracker = EpisodeTracker(quiet=3, adapt_after=None)
+    flags = np.array([0, 1, 1, 0, 1, 0, 0, 0, 0, 1], dtype=bool)
+    out = tracker.update(flags, np.arange(10.0), None)
+    assert out.alert.tolist() == [0, 1, 0, 0, 0, 0, 0, 0, 0, 1]
+    assert out.episode.tolist() == [-1, 0, 0, 0, 0, 0, 0, -1, -1, 1]
+    assert out.closed.tolist() == [-1, -1, -1, -1, -1, -1, -1, 0, -1, -1]
+    summary = out.closed_episodes[7]
+    assert (summary.events, summary.flagged, summary.peak_score) == (4, 3, 4.0)
+
+
+def test_episodes_survive_a_checkpoint_and_any_cut() -> None:
+    X, _ = stress("step-return", EVENTS, 4, seed=0)
+    config = DetectorConfig(n_channels=4)
+    whole = AutoencoderDetector(config).process_many(X)
+    det = AutoencoderDetector(config)
+    first = det.process_many(X[:MIDDLE + 50])  # mid-episode
+    rest = loads(dumps(det)).process_many(X[MIDDLE + 50:])
+    for name in ("episode", "alert", "closed_episode", "regime_change", "is_anomaly"):
+        np.testing.assert_array_equal(getattr(whole, name), np.concatenate([getattr(first, name), getattr(rest, name)]))
