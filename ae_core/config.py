@@ -52,14 +52,15 @@ class DetectorConfig:
     clip: float = 20.0
     # decision
     warmup: int = 400
-    smoothing: float = 0.1
-    threshold_rule: Literal["robust", "sigma", "quantile"] = "robust"
-    threshold_k: float = 4.5
+    smoothing: float = 0.3
+    score_aggregate: Literal["mean", "max"] = "mean"
+    threshold_rule: Literal["sigma", "quantile"] = "sigma"
+    threshold_k: float = 4.0
     threshold_quantile: float = 0.99
     threshold_margin: float = 1.5
     threshold_window: int = 4096
     episode_quiet: int = 20
-    adapt_after: int | None = 1000
+    adapt_after: int | None = 300
     adapt_steps: int = 8
     top_k: int = 3
     seed: int = 0
@@ -87,9 +88,10 @@ class DetectorConfig:
             raise ConfigError("stats_horizon", "must hold at least one batch_size of events")
         if not self.clip > 0:
             raise ConfigError("clip", f"must be > 0, got {self.clip}")
-        if self.threshold_rule not in ("robust", "sigma", "quantile"):
-            raise ConfigError("threshold_rule",
-                              f"must be 'robust', 'sigma' or 'quantile', got {self.threshold_rule!r}")
+        if self.score_aggregate not in ("mean", "max"):
+            raise ConfigError("score_aggregate", f"must be 'mean' or 'max', got {self.score_aggregate!r}")
+        if self.threshold_rule not in ("sigma", "quantile"):
+            raise ConfigError("threshold_rule", f"must be 'sigma' or 'quantile', got {self.threshold_rule!r}")
         if not 0 < self.threshold_quantile < 1:
             raise ConfigError("threshold_quantile", f"must be in (0, 1), got {self.threshold_quantile}")
         if not self.threshold_margin > 0:

@@ -19,7 +19,7 @@ from ae_core.losses import add_penalty_gradient, feature_errors
 from ae_core.network import Autoencoder, activate
 from ae_core.scaling import OnlineScaler
 from ae_core.scoring import ResidualScorer
-from ae_core.threshold import AdaptiveThreshold, QuantileThreshold, RobustThreshold
+from ae_core.threshold import AdaptiveThreshold, QuantileThreshold
 from ae_core.windowing import SlidingWindow
 
 logger = logging.getLogger(__name__)
@@ -105,17 +105,14 @@ class AutoencoderDetector(AnomalyDetector):
         self._params = list(self.module.parameters())
         self.optimizer = torch.optim.Adam(self._params, lr=c.learning_rate, fused=True)
         self.scaler = OnlineScaler(c.n_features, c.resolved_scaling, c.clip, c.stats_horizon)
-        self.scorer = ResidualScorer(c.n_features, c.smoothing, c.clip, c.stats_horizon)
+        self.scorer = ResidualScorer(c.n_features, c.smoothing, c.clip, c.stats_horizon, c.score_aggregate)
         self.episodes = EpisodeTracker(c.episode_quiet, c.adapt_after)
-        self.threshold: AdaptiveThreshold | RobustThreshold | QuantileThreshold
-        window_batches = max(1, c.threshold_window // c.batch_size)
+        self.threshold: AdaptiveThreshold | QuantileThreshold
         if c.threshold_rule == "quantile":
             self.threshold = QuantileThreshold(c.threshold_quantile, c.threshold_margin, c.threshold_window,
                                                c.batch_size)
-        elif c.threshold_rule == "sigma":
-            self.threshold = AdaptiveThreshold(c.threshold_k, window_batches)
         else:
-            self.threshold = RobustThreshold(c.threshold_k, window_batches)
+            self.threshold = AdaptiveThreshold(c.threshold_k, max(1, c.threshold_window // c.batch_size))
         self.windows = SlidingWindow(c.window, c.n_channels)
         self.memory = np.zeros((c.memory_size, c.n_features))
         self.memory_count = 0
@@ -203,7 +200,7 @@ class AutoencoderDetector(AnomalyDetector):
         self.events_seen += len(X)
         limit = self.threshold.get()
         live = np.arange(first, self.events_seen) >= c.warmup
-        score = np.where(live, deviations.mean(axis=1), np.nan)
+        score = np.where(live, self.scorer.aggregate(deviations), np.nan)
         threshold = np.where(live, np.nan if limit is None else limit, np.nan)
         flags = live & (score > threshold)
         episodes = self.episodes.update(flags, score, keys)
@@ -267,7 +264,7 @@ class AutoencoderDetector(AnomalyDetector):
         self._fit(rows)
         residuals = held_out if held_out is not None else self._reconstruct(rows)[0]
         smoothed = self.scorer.restart(residuals)
-        scores = self.scorer.squared_deviations(smoothed).mean(axis=1)
+        scores = self.scorer.aggregate(self.scorer.squared_deviations(smoothed))
         self.threshold.reset()
         for start in range(0, len(scores), c.batch_size):
             self.threshold.update_many(scores[start:start + c.batch_size])

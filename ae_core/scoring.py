@@ -11,7 +11,9 @@ The score therefore follows the residual *vector* ``r = x_hat - x`` (scaled unit
 2. an exponentially weighted moving average per key, ``s_t = a * z_t + (1 - a) * s_{t-1}`` (a
    multivariate EWMA chart on the residuals): noise averages out while a lasting deviation stays;
 3. each channel of ``s`` is standardised by its running centre and spread on normal events, and
-   the score is the mean of the squared standardised values.
+   the score is the mean (``aggregate="mean"``: a chi-square-like statistic, best for deviations
+   spread over many channels) or the largest (``"max"``: best for a fault in one or two sensors
+   among many) of the squared standardised values.
 
 With ``smoothing=1`` step 2 does nothing. Every statistic forgets with ``horizon`` (events), so
 the scale of "normal" follows a stream whose noise changes. Spreads have floors: a channel the
@@ -35,8 +37,10 @@ RESIDUAL_FLOOR = 1e-3
 class ResidualScorer:
     """Per-key EWMA of clipped standardised residuals, standardised again by normal-event statistics."""
 
-    def __init__(self, n_features: int, smoothing: float, clip: float, horizon: int | None = None) -> None:
+    def __init__(self, n_features: int, smoothing: float, clip: float, horizon: int | None = None,
+                 aggregate: str = "mean") -> None:
         self.smoothing = smoothing
+        self.aggregate_kind = aggregate
         self.clip = clip
         self.horizon = horizon
         self.state: dict[str, np.ndarray] = {}
@@ -68,6 +72,10 @@ class ResidualScorer:
         """Squared standardised smoothed residuals, per event and channel."""
         spread = np.maximum(self.normal.std, self.smoothed_floor)
         return np.square((smoothed - self.normal.mean) / spread)
+
+    def aggregate(self, deviations: np.ndarray) -> np.ndarray:
+        """One score per event from its squared standardised deviations."""
+        return deviations.max(axis=1) if self.aggregate_kind == "max" else deviations.mean(axis=1)
 
     def learn_many(self, residuals: np.ndarray, smoothed: np.ndarray) -> None:
         self.raw.learn_many(residuals)

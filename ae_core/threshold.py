@@ -71,58 +71,6 @@ class AdaptiveThreshold:
         self._rebuild()
 
 
-class RobustThreshold:
-    """Rolling ``(median + k * spread) ** 3`` of the cube roots of recent normal events' scores,
-    where ``spread = 1.4826 * MAD`` (the median absolute deviation, scaled to equal the standard
-    deviation of a normal distribution).
-
-    The sigma rule's mean and standard deviation let a minority of large scores drag the bar up:
-    the first scores after warm-up (an early network's residuals), mild anomalies just under the
-    threshold, a change the detector is still adapting to. Median and MAD ignore up to half of
-    the window being such outliers. Kept as one array of cube roots per mini-batch over the last
-    ``window_batches`` mini-batches; the threshold is recomputed once per learned mini-batch.
-    """
-
-    def __init__(self, k: float, window_batches: int) -> None:
-        self.k = k
-        self.window_batches = window_batches
-        self._batches: deque[np.ndarray] = deque(maxlen=window_batches)
-        self._value: float | None = None
-
-    def update_many(self, scores: np.ndarray) -> None:
-        if len(scores) == 0:
-            return
-        self._batches.append(np.cbrt(np.asarray(scores, dtype=np.float64)))
-        self._recompute()
-
-    def _recompute(self) -> None:
-        roots = np.concatenate(self._batches) if self._batches else np.empty(0)
-        if len(roots) < 2:
-            self._value = None
-            return
-        centre = float(np.median(roots))
-        spread = 1.4826 * float(np.median(np.abs(roots - centre)))
-        self._value = max(centre + self.k * spread, 0.0) ** 3
-
-    @property
-    def n(self) -> float:
-        return float(sum(len(b) for b in self._batches))
-
-    def get(self) -> float | None:
-        return self._value
-
-    def reset(self) -> None:
-        self._batches.clear()
-        self._value = None
-
-    def state(self) -> list[list[float]]:
-        return [b.tolist() for b in self._batches]
-
-    def load_state(self, batches: list[list[float]]) -> None:
-        self._batches = deque((np.asarray(b, dtype=np.float64) for b in batches), maxlen=self.window_batches)
-        self._recompute()
-
-
 class QuantileThreshold:
     """``margin`` times a rolling quantile of recent normal events' scores
     (:class:`river.stats.RollingQuantile` over the last ``window`` scores).

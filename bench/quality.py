@@ -25,13 +25,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ae_core import AutoencoderDetector  # noqa: E402
 from worker.evaluation import average_precision, flag_metrics  # noqa: E402
 from worker.pipeline import Replay, Trace  # noqa: E402
 from worker.settings import (
     DetectorSettings,  # noqa: E402
     InputSettings,
 )
-from ae_core import AutoencoderDetector  # noqa: E402
 from worker.simulate import STRESS, stress  # noqa: E402
 from worker.sinks import NullSink  # noqa: E402
 from worker.sources import Recording  # noqa: E402
@@ -113,6 +113,16 @@ def skab_free(data: Path, detector: DetectorSettings) -> dict[str, object]:
     return out
 
 
+def recovery(flags: np.ndarray, quiet: int = 50) -> int:
+    """Events until the flags stop: the start of the first run of ``quiet`` unflagged events."""
+    run = 0
+    for i, flag in enumerate(flags.tolist()):
+        run = 0 if flag else run + 1
+        if run == quiet:
+            return i - quiet + 1
+    return len(flags)
+
+
 def stress_streams(detector: DetectorSettings, events: int = 6000, features: int = 4) -> dict[str, object]:
     """Flagged share, alerts and recovery on the synthetic stress streams (seeded)."""
     out = {}
@@ -129,8 +139,7 @@ def stress_streams(detector: DetectorSettings, events: int = 6000, features: int
         if kind in ("spike", "step-return"):
             end = middle + (1 if kind == "spike" else 100)
             row["flags_after_end"] = int(flags[end:].sum())
-            later = np.flatnonzero(flags[end:])
-            row["recovery_events"] = int(later[-1]) + 1 if len(later) else 0
+            row["recovery_events"] = recovery(flags[end:])
         if kind == "step":
             later = np.flatnonzero(flags[middle:])
             row["flagged_after_step"] = int(flags[middle:].sum())

@@ -13,7 +13,7 @@ CONFIGS = {
     "window": dict(n_channels=2, window=4),
     "no-smoothing-small-batch": dict(n_channels=5, smoothing=1.0, batch_size=8, memory_size=0),
     "quantile-threshold": dict(n_channels=5, threshold_rule="quantile", batch_size=32),
-    "sigma-threshold": dict(n_channels=5, threshold_rule="sigma"),
+    "max-aggregate": dict(n_channels=5, score_aggregate="max"),
     # a low bar: many short episodes, some accepted as a new normal, all through the contract
     "busy-episodes": dict(n_channels=5, threshold_k=0.5, episode_quiet=3, adapt_after=20, batch_size=32),
 }

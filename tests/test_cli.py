@@ -95,13 +95,15 @@ def test_evaluate_json_and_plot(recording: Path, tmp_path: Path, capsys) -> None
     for name in ("precision", "recall", "f1", "far", "mar", "auc_pr"):
         assert 0.0 <= metrics[name] <= 1.0
     assert metrics["tp"] + metrics["fn"] == metrics["positives"] > 0
+    assert metrics["alerts"] - metrics["false_alerts"] >= metrics["anomalies_alerted"]  # alerts inside anomalies
+    assert 0 < metrics["anomalies_alerted"] <= metrics["labelled_anomalies"]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
 def test_evaluate_text_report(recording: Path, capsys) -> None:
     assert main(["evaluate", str(recording), "--label-column", "anomaly", "--time-column", "timestamp"]) == 0
     out = capsys.readouterr().out
-    assert "auc_pr" in out and "far" in out and "mar" in out
+    assert "auc_pr" in out and "far" in out and "mar" in out and "labelled anomalies alerted" in out
 
 
 def test_checkpoint_save_and_resume(recording: Path, tmp_path: Path) -> None:

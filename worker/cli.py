@@ -8,10 +8,10 @@ import sys
 from typing import Any
 
 from ae_core import AECoreError
-from worker.simulate import STRESS
 from worker.errors import WorkerError
 from worker.logs import configure_logging
 from worker.settings import DetectorSettings, Settings, load_settings
+from worker.simulate import STRESS
 
 logger = logging.getLogger(__name__)
 

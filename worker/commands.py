@@ -64,7 +64,7 @@ def evaluate(args: argparse.Namespace, settings: Settings) -> int:
     summary = Replay(settings.detector, NullSink(), NullSink(), trace=trace).run(recording)
     t = trace.arrays()
     judged = t["index"] >= settings.detector.warmup
-    metrics = quality(t["labels"][judged], t["flags"][judged], t["score"][judged])
+    metrics = quality(t["labels"][judged], t["flags"][judged], t["score"][judged], t["alerts"][judged])
     metrics.update(rows=summary.rows, invalid=summary.invalid, judged_from=settings.detector.warmup)
     if args.plot:
         plot_replay(args.plot, t["index"], t["score"], t["threshold"], t["flags"].astype(bool), t["labels"],
@@ -77,6 +77,10 @@ def evaluate(args: argparse.Namespace, settings: Settings) -> int:
     for name in ("precision", "recall", "f1", "far", "mar", "auc_pr", "roc_auc"):
         print(f"  {name:<9} {metrics[name]:.4f}")
     print(f"  tp {metrics['tp']}  fp {metrics['fp']}  fn {metrics['fn']}  tn {metrics['tn']}")
+    delay = metrics["median_alert_delay"]
+    print(f"  alerts {metrics['alerts']}: {metrics['anomalies_alerted']} of {metrics['labelled_anomalies']} labelled "
+          f"anomalies alerted (median delay {'-' if delay is None else f'{delay:g}'} events), "
+          f"{metrics['false_alerts']} false alerts")
     if args.plot:
         print(f"plot: {args.plot}")
     return 0

@@ -29,7 +29,7 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     if n_pos == 0 or n_neg == 0:
         return float("nan")
-    ranks = rankdata(scores)
+    ranks = rankdata(np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=-np.inf))
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
@@ -49,9 +49,27 @@ def flag_metrics(labels: np.ndarray, flags: np.ndarray) -> dict[str, Any]:
     }
 
 
-def evaluate(labels: np.ndarray, flags: np.ndarray, scores: np.ndarray) -> dict[str, Any]:
-    """Flag metrics plus AUC-PR and ROC-AUC of the raw scores."""
+def episode_metrics(labels: np.ndarray, alerts: np.ndarray) -> dict[str, Any]:
+    """What paging on alerts would have done: labelled anomalies (runs of label 1) with an alert
+    inside them, alerts outside every labelled anomaly (false pages), and the events from each
+    detected anomaly's start to its first alert (delay)."""
+    y, a = np.asarray(labels) > 0.5, np.asarray(alerts, dtype=bool)
+    starts = np.flatnonzero(y & ~np.r_[False, y[:-1]])
+    ends = np.flatnonzero(y & ~np.r_[y[1:], False])
+    delays = []
+    for start, end in zip(starts.tolist(), ends.tolist()):
+        inside = np.flatnonzero(a[start:end + 1])
+        if len(inside):
+            delays.append(int(inside[0]))
+    return {"alerts": int(a.sum()), "labelled_anomalies": len(starts), "anomalies_alerted": len(delays),
+            "false_alerts": int((a & ~y).sum()),
+            "median_alert_delay": float(np.median(delays)) if delays else None}
+
+
+def evaluate(labels: np.ndarray, flags: np.ndarray, scores: np.ndarray, alerts: np.ndarray) -> dict[str, Any]:
+    """Flag metrics, AUC-PR and ROC-AUC of the raw scores, and episode metrics of the alerts."""
     out = flag_metrics(labels, flags)
     out["auc_pr"] = average_precision(labels, scores)
     out["roc_auc"] = roc_auc(labels, scores)
+    out.update(episode_metrics(labels, alerts))
     return out

@@ -57,16 +57,18 @@ class DetectorSettings(BaseModel):
     clip: float = Field(20.0, gt=0, description="standardised inputs and residuals are clipped (and learned "
                         "winsorised) at this many standard deviations")
     warmup: int = Field(400, ge=0, description="events learned but never judged at the start (score null)")
-    smoothing: float = Field(0.1, gt=0, le=1, description="EWMA factor of the residuals per key (1 = none)")
-    threshold_rule: Literal["robust", "sigma", "quantile"] = Field(
-        "robust", description="robust: (median + k*MAD)^3 of cube roots; sigma: (mean + k*std)^3 of cube roots; "
-        "quantile: margin * rolling quantile")
+    smoothing: float = Field(0.3, gt=0, le=1, description="EWMA factor of the residuals per key (1 = none)")
+    score_aggregate: Literal["mean", "max"] = Field(
+        "mean", description="score from the squared standardised residuals: mean (spread faults) or max "
+        "(a fault in one sensor among many)")
+    threshold_rule: Literal["sigma", "quantile"] = Field(
+        "sigma", description="sigma: (mean + k*std)^3 of cube roots; quantile: margin * rolling quantile")
     threshold_quantile: float = Field(0.99, gt=0, lt=1, description="quantile of normal scores (rule quantile)")
     threshold_margin: float = Field(1.5, gt=0, description="multiplier of that quantile (rule quantile)")
-    threshold_k: float = Field(4.5, gt=0, description="threshold = (mean + k*std)^3 of cube-rooted normal scores")
+    threshold_k: float = Field(4.0, gt=0, description="threshold = (mean + k*std)^3 of cube-rooted normal scores")
     threshold_window: int = Field(4096, ge=1, description="events the threshold statistics cover")
     episode_quiet: int = Field(20, ge=1, description="events of a key without a flag that close its episode")
-    adapt_after: int | None = Field(1000, ge=1, description="an episode still open after this many events of "
+    adapt_after: int | None = Field(300, ge=1, description="an episode still open after this many events of "
                                     "its key is accepted as a new normal and learned (None = never)")
     adapt_steps: int = Field(8, ge=0, description="extra optimisation steps per mini-batch holding flagged events "
                              "of an accepted episode (catching up with the new normal)")
