@@ -8,8 +8,10 @@ per detector, so they are unique within one detector (one Kafka partition, one r
 An episode still open ``adapt_after`` events of its key after its alert is no longer a fault but a
 new operating point (a level shift that stays, a recalibrated sensor): the detector *accepts* it
 at that event (``accepted``) and from then on learns the key's flagged events as normal, until the
-episode closes. A fault longer than ``adapt_after`` is therefore reported (one alert) and then
-learned; ``adapt_after=None`` never accepts.
+episode closes; an accepted episode closes only after ``max(quiet, adapt_after)`` quiet events, so
+the last flags while the model catches up (aftershocks of the same change) page nobody again.
+A fault longer than ``adapt_after`` is therefore reported (one alert) and then learned, and so is
+anything else on that key until it has settled; ``adapt_after=None`` never accepts.
 """
 
 from __future__ import annotations
@@ -64,6 +66,10 @@ class EpisodeTracker:
     def __init__(self, quiet: int, adapt_after: int | None) -> None:
         self.quiet = quiet
         self.adapt_after = adapt_after
+        # An accepted episode stays open (learning) until the key has been quiet this long: the
+        # network is still catching up with the new normal, and its last flags are aftershocks
+        # of the same change, not new faults to page anyone about.
+        self.settle = max(quiet, adapt_after or 0)
         self.open: dict[str, _Open] = {}
         self.next_id = 0
 
@@ -90,7 +96,7 @@ class EpisodeTracker:
                 ep.peak_score = max(ep.peak_score, float(scores[i]))
             else:
                 ep.quiet += 1
-                if ep.quiet >= self.quiet:
+                if ep.quiet >= (self.settle if ep.accepted else self.quiet):
                     out.closed[i] = ep.episode
                     out.closed_episodes[i] = ClosedEpisode(ep.episode, key, ep.last_flag_age, ep.flagged,
                                                            ep.peak_score, ep.accepted)

@@ -48,6 +48,7 @@ def test_flags_stop_soon_after_an_anomaly_ends() -> None:
 def test_a_shift_that_stays_is_accepted_within_the_horizon() -> None:
     det, _, res = run("step", adapt_after=300)
     assert res.alert[MIDDLE:MIDDLE + 5].any()  # reported first
+    assert res.alert[MIDDLE:].sum() == 1  # and paged once: the catching up is part of the same episode
     accepted = np.flatnonzero(res.regime_change)
     assert accepted.tolist() and MIDDLE <= accepted[0] <= MIDDLE + 300
     assert det.regime_changes == len(accepted)
