@@ -55,3 +55,10 @@ def test_dotenv_file_is_read(tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     s = load_settings()
     assert s.kafka.group_id == "from-dotenv" and s.detector.warmup == 42
+
+
+def test_optional_numbers_can_be_unset_by_word(monkeypatch) -> None:
+    monkeypatch.setenv("AE_DETECTOR__ADAPT_AFTER", "none")
+    assert load_settings().detector.adapt_after is None
+    assert load_settings(detector={"stats_horizon": "off"}).detector.stats_horizon is None
+    assert load_settings(detector={"adapt_after": "500"}).detector.adapt_after == 500

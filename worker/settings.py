@@ -25,6 +25,15 @@ def _split_commas(value: object) -> object:
     return value
 
 
+def _none_word(value: object) -> object:
+    if isinstance(value, str) and value.strip().lower() in ("none", "null", "off"):
+        return None
+    return value
+
+
+# An optional number: "none" (also "off", "null") from the environment or a flag unsets it.
+OptionalInt = Annotated[int | None, BeforeValidator(_none_word)]
+
 # "a,b,c" from the environment or a flag; a JSON list or tuple from code. NoDecode keeps
 # pydantic-settings from parsing the environment value as JSON first.
 CommaSeparated = Annotated[tuple[T, ...], NoDecode, BeforeValidator(_split_commas)]
@@ -52,8 +61,8 @@ class DetectorSettings(BaseModel):
     scaling: Literal["minmax", "standard"] | None = Field(
         None, description="online scaling; default: minmax for sigmoid, standard for identity")
     learn_on_anomalies: bool = Field(False, description="also learn from flagged events")
-    stats_horizon: int | None = Field(10_000, ge=1, description="events the running statistics remember "
-                                      "(scaling, residual spread); None = all")
+    stats_horizon: OptionalInt = Field(10_000, ge=1, description="events the running statistics remember "
+                                       "(scaling, residual spread); none = all")
     clip: float = Field(20.0, gt=0, description="standardised inputs and residuals are clipped (and learned "
                         "winsorised) at this many standard deviations")
     warmup: int = Field(400, ge=0, description="events learned but never judged at the start (score null)")
@@ -68,8 +77,8 @@ class DetectorSettings(BaseModel):
     threshold_k: float = Field(4.0, gt=0, description="threshold = (mean + k*std)^3 of cube-rooted normal scores")
     threshold_window: int = Field(4096, ge=1, description="events the threshold statistics cover")
     episode_quiet: int = Field(20, ge=1, description="events of a key without a flag that close its episode")
-    adapt_after: int | None = Field(300, ge=1, description="an episode still open after this many events of "
-                                    "its key is accepted as a new normal and learned (None = never)")
+    adapt_after: OptionalInt = Field(300, ge=1, description="an episode still open after this many events of "
+                                     "its key is accepted as a new normal and learned (none = never)")
     adapt_steps: int = Field(8, ge=0, description="extra optimisation steps per mini-batch holding flagged events "
                              "of an accepted episode (catching up with the new normal)")
     top_k: int = Field(3, ge=1, description="contributing channels reported per event")
