@@ -175,3 +175,17 @@ def test_a_recording_of_only_bad_rows_is_reported_not_crashed(tmp_path: Path, ca
     assert main(["replay", str(src), "-o", str(out)]) == 0
     assert [r["index"] for r in lines(out)] == [0, 1, 2] and all("invalid" in r for r in lines(out))
     assert "invalid: 3" in capsys.readouterr().out
+
+
+def test_stress_stream_replays_with_one_alert_and_an_accepted_regime_change(tmp_path: Path, capsys) -> None:
+    src, out = tmp_path / "step.csv", tmp_path / "out.jsonl"
+    assert main(["simulate", "--stress", "step", "--events", "4000", "--features", "4", "-o", str(src)]) == 0
+    assert "step stress stream" in capsys.readouterr().out
+    assert main(["replay", str(src), "-o", str(out), "--time-column", "timestamp", "--label-column", "anomaly"]) == 0
+    rows = lines(out)
+    changed = [r for r in rows if r.get("regime_change")]
+    assert len(changed) == 1 and 2000 <= changed[0]["index"] <= 2300
+    assert [r["index"] for r in rows if r["alert"] and r["index"] >= 2000] == [2000]
+    closing = [r["episode_closed"] for r in rows if "episode_closed" in r and r["episode_closed"]["accepted_as_normal"]]
+    assert closing and closing[0]["episode"] == changed[0]["episode"]
+    assert "new normal accepted: 1" in capsys.readouterr().out
