@@ -162,9 +162,12 @@ def test_malformed_events_go_to_the_dead_letter_topic(kafka: str, topic_prefix: 
     producer.send(f"{topic_prefix}-in", key=b"d", value=None)  # tombstone
     producer.flush()
     producer.close()
-    stats = Worker(s).run()
+    worker = Worker(s)
+    stats = worker.run()
     kinds_sent = len(MALFORMED) * 6 + 1
     assert stats.events == sent_good + kinds_sent and stats.dead_letters == kinds_sent
+    # ae_events_total counts scored events; dead letters have their own counter
+    assert worker.metrics.registry.get_sample_value("ae_events_total", {"topic": f"{topic_prefix}-in"}) == sent_good
     dead = read_topic(kafka, f"{topic_prefix}-dlq")
     assert len(dead) == kinds_sent
     by_kind: dict[str, list[Any]] = {}
@@ -256,6 +259,34 @@ def test_two_workers_split_the_partitions_and_process_every_event(kafka: str, to
     # each worker kept one detector per partition it owned, and only for those
     for worker, owned in zip(workers, assigned):
         assert set(worker.states) <= owned
+        for tp in owned:  # lag is kept for every owned partition, not only the last batch's
+            assert worker.metrics.registry.get_sample_value(
+                "ae_consumer_lag", {"topic": tp.topic, "partition": str(tp.partition)}) == 0
+
+
+def test_idle_timeout_counts_only_while_partitions_are_assigned(kafka: str, topic_prefix: str) -> None:
+    s = settings(kafka, topic_prefix, service={"idle_timeout": 30})
+    from worker.kafka_io import ensure_topics
+
+    ensure_topics(s.kafka, [f"{topic_prefix}-in"], create=True)  # one partition: one owner
+    owner = Worker(s)
+    owner_thread = threading.Thread(target=owner.run)
+    owner_thread.start()
+    deadline = time.monotonic() + 60
+    while not owner.assignment() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert owner.assignment()
+    spare_settings = s.model_copy(update={"service": s.service.model_copy(update={"idle_timeout": 1.0})})
+    spare = Worker(spare_settings)
+    spare_thread = threading.Thread(target=spare.run)
+    spare_thread.start()
+    time.sleep(6)  # well past its idle_timeout, but it never owned a partition
+    assert spare_thread.is_alive() and not spare.assignment()
+    spare.stop.set()
+    owner.stop.set()
+    spare_thread.join(timeout=60)
+    owner_thread.join(timeout=60)
+    assert not spare_thread.is_alive() and not owner_thread.is_alive()
 
 
 def test_missing_topic_fails_clearly_unless_creation_is_asked(kafka: str, topic_prefix: str) -> None:

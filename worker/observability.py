@@ -17,7 +17,8 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
-        self.events = Counter("ae_events", "Events consumed and scored", ["topic"], registry=r)
+        self.events = Counter("ae_events", "Events scored (dead letters are counted apart)", ["topic"],
+                              registry=r)
         self.anomalies = Counter("ae_anomalies", "Anomalies published", ["topic"], registry=r)
         self.alerts = Counter("ae_alerts", "Episodes opened (the first flagged event of a key after a quiet period)",
                               ["topic"], registry=r)

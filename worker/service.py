@@ -73,6 +73,7 @@ class Worker:
         self._producer: Any = None
         self.health: HealthServer | None = None
         self._assigned: set[TopicPartition] = set()
+        self._committed: dict[TopicPartition, int] = {}  # next offset committed, per owned partition
         self._unpublished = False  # a batch's outputs are not yet confirmed by the broker
         self._fatal: Exception | None = None  # raised in a rebalance callback, re-raised by the loop
 
@@ -115,7 +116,9 @@ class Worker:
                 self.health.beat()
                 self.health.ready = bool(self._consumer.assignment())
             if not any(records.values()):
-                if svc.idle_timeout is not None and time.monotonic() - idle_since > svc.idle_timeout:
+                if not self._assigned:
+                    idle_since = time.monotonic()  # waiting for partitions (a rebalance) is not idleness
+                elif svc.idle_timeout is not None and time.monotonic() - idle_since > svc.idle_timeout:
                     logger.info("no event for %.1f s (idle_timeout): stopping", svc.idle_timeout)
                     return
                 continue
@@ -176,11 +179,16 @@ class Worker:
             self._save_state(tp)
         if commits:
             self._consumer.commit(commits)
+            self._committed.update({tp: om.offset for tp, om in commits.items()})
         self.stats.batches += 1
-        for tp, om in commits.items():
-            highwater = self._consumer.highwater(tp)
-            if highwater is not None:
-                self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, highwater - om.offset))
+        self._update_lag()
+
+    def _update_lag(self) -> None:
+        """Lag of every owned partition, not only those in the last batch."""
+        for tp in self._assigned:
+            highwater, done = self._consumer.highwater(tp), self._committed.get(tp)
+            if highwater is not None and done is not None:
+                self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, highwater - done))
 
     def _process_partition(self, tp: TopicPartition, messages: list[Any]) -> list[Any]:
         sends, good, good_msgs = [], [], []
@@ -191,7 +199,7 @@ class Worker:
             except EventError as exc:
                 sends.append(self._dead_letter(msg, exc))
         self.stats.events += len(messages)
-        self.metrics.events.labels(tp.topic).inc(len(messages))
+        self.metrics.events.labels(tp.topic).inc(len(good))
         if not good and tp not in self.states:
             return sends  # nothing valid yet: the channels may still be unknown
         state = self._state(tp)
@@ -317,6 +325,7 @@ class Worker:
         for tp in tps:
             self._save_state(tp, force=True)
             self.states.pop(tp, None)
+            self._committed.pop(tp, None)
         self._assigned -= set(tps)
         self.metrics.assigned.set(len(self._assigned))
 
