@@ -159,7 +159,8 @@ class ServiceSettings(BaseModel):
     metrics_host: str = Field("127.0.0.1", description="address of the metrics/health endpoint")
     metrics_port: int = Field(9108, ge=0, le=65535, description="Prometheus /metrics, /healthz, /readyz (0 = off)")
     max_events: int | None = Field(None, ge=1, description="exit 0 after this many events")
-    idle_timeout: float | None = Field(None, gt=0, description="exit 0 after this many seconds without events")
+    idle_timeout: float | None = Field(None, gt=0, description="exit 0 after this many seconds without events while "
+                                        "partitions are assigned (waiting for an assignment does not count)")
     state_dir: str | None = Field(None, description="keep each partition's detector here across restarts")
 
 
