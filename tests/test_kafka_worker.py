@@ -265,7 +265,9 @@ def test_two_workers_split_the_partitions_and_process_every_event(kafka: str, to
 
 
 def test_idle_timeout_counts_only_while_partitions_are_assigned(kafka: str, topic_prefix: str) -> None:
-    s = settings(kafka, topic_prefix, service={"idle_timeout": 30})
+    # the range assignor gives the one partition to the member whose id sorts first; member ids
+    # start with the client id, so the owner keeps it and the spare waits
+    s = settings(kafka, topic_prefix, client_id="a-owner", service={"idle_timeout": 30})
     from worker.kafka_io import ensure_topics
 
     ensure_topics(s.kafka, [f"{topic_prefix}-in"], create=True)  # one partition: one owner
@@ -276,11 +278,16 @@ def test_idle_timeout_counts_only_while_partitions_are_assigned(kafka: str, topi
     while not owner.assignment() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert owner.assignment()
-    spare_settings = s.model_copy(update={"service": s.service.model_copy(update={"idle_timeout": 1.0})})
+    spare_settings = s.model_copy(update={"service": s.service.model_copy(update={"idle_timeout": 1.0}),
+                                          "kafka": s.kafka.model_copy(update={"client_id": "z-spare"})})
     spare = Worker(spare_settings)
+    taken: list[list[TopicPartition]] = []
+    take = spare.take
+    spare.take = lambda tps: (taken.append(list(tps)), take(tps))  # type: ignore[method-assign]
     spare_thread = threading.Thread(target=spare.run)
     spare_thread.start()
     time.sleep(6)  # well past its idle_timeout, but it never owned a partition
+    assert not any(taken), "the spare was given the partition: the test needs it to wait"
     assert spare_thread.is_alive() and not spare.assignment()
     spare.stop.set()
     owner.stop.set()

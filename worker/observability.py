@@ -27,6 +27,13 @@ class Metrics:
         self.regime_changes = Counter("ae_regime_changes", "Episodes accepted as a new normal after adapt_after "
                                       "events", ["topic"], registry=r)
         self.open_episodes = Gauge("ae_open_episodes", "Episodes open now", ["topic", "partition"], registry=r)
+        self.snapshot_bytes = Gauge("ae_snapshot_bytes", "Size of the last snapshot sent to the changelog",
+                                    ["topic", "partition"], registry=r)
+        self.snapshots_refused = Counter("ae_snapshots_refused", "Corrupt or foreign snapshots refused on "
+                                         "assignment (the partition was rebuilt from its first offset)",
+                                         ["topic"], registry=r)
+        self.rebuilt_events = Counter("ae_rebuilt_events", "Events re-processed after an assignment to rebuild "
+                                      "a detector, without publishing", ["topic"], registry=r)
         self.dead_letters = Counter("ae_dead_letters", "Events sent to the dead-letter topic", ["topic", "kind"],
                                     registry=r)
         self.batch_seconds = Histogram("ae_batch_seconds", "Time to score, publish and commit one mini-batch",

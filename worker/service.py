@@ -12,7 +12,6 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,29 +21,20 @@ from kafka import ConsumerRebalanceListener, TopicPartition
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
-from ae_core import AutoencoderDetector, CheckpointError
-from ae_core.checkpoint import load_detector_with_metadata, save_detector
+from ae_core import AutoencoderDetector
 from worker.errors import WorkerError
 from worker.events import EventError, EventParser, ParsedEvent
 from worker.kafka_io import ensure_topics, make_consumer, make_producer
 from worker.observability import HealthServer, Metrics
+from worker.partition_state import SNAPSHOT_MAX_BYTES, PartitionState, Snapshot, StateStore
 from worker.results import result_records
 from worker.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-STATE_SAVE_SECONDS = 10.0
-
 
 class PublishError(WorkerError):
     """A send to the output or dead-letter topic failed; offsets were not committed."""
-
-
-@dataclass
-class PartitionState:
-    detector: AutoencoderDetector
-    next_offset: int = 0
-    saved_at: float = 0.0
 
 
 @dataclass
@@ -53,6 +43,7 @@ class RunStats:
     anomalies: int = 0
     dead_letters: int = 0
     batches: int = 0
+    rebuilt: int = 0  # events re-processed after an assignment, without publishing
     first_records_at: float | None = None  # perf_counter when the first poll brought events
     last_commit_at: float | None = None  # perf_counter after the last commit
 
@@ -74,8 +65,12 @@ class Worker:
         self.health: HealthServer | None = None
         self._assigned: set[TopicPartition] = set()
         self._committed: dict[TopicPartition, int] = {}  # next offset committed, per owned partition
+        # Partitions being rebuilt: events before this offset were published by an earlier owner;
+        # they are processed again to rebuild the detector, and nothing is published for them.
+        self._rebuild_until: dict[TopicPartition, int] = {}
+        self._arrived: set[TopicPartition] = set()  # assigned, not yet restored
+        self.store = StateStore(settings, self.metrics)
         self._unpublished = False  # a batch's outputs are not yet confirmed by the broker
-        self._fatal: Exception | None = None  # raised in a rebalance callback, re-raised by the loop
 
     def assignment(self) -> set[TopicPartition]:
         """Partitions this worker owns now (empty before it joined its group)."""
@@ -85,9 +80,10 @@ class Worker:
     def run(self) -> RunStats:
         k, svc = self.settings.kafka, self.settings.service
         ensure_topics(k, [*k.input_topics, k.output_topic, k.dlq_topic], k.create_topics)
+        self.store.ensure_topic()
         try:
             self._consumer = make_consumer(k)
-            self._producer = make_producer(k)
+            self._producer = make_producer(k, max_request_size=SNAPSHOT_MAX_BYTES)
             self._consumer.subscribe(list(k.input_topics), listener=_Rebalance(self))
             logger.info("consuming %s as group %r; anomalies -> %s, dead letters -> %s",
                         ",".join(k.input_topics), k.group_id, k.output_topic, k.dlq_topic)
@@ -110,8 +106,8 @@ class Worker:
                     logger.info("processed max_events=%d: stopping", svc.max_events)
                     return
             records = self._consumer.poll(timeout_ms=k.poll_timeout_ms, max_records=budget)
-            if self._fatal is not None:
-                raise self._fatal
+            if self._arrived:
+                records = self._restore_arrived(records)
             if self.health:
                 self.health.beat()
                 self.health.ready = bool(self._consumer.assignment())
@@ -166,22 +162,27 @@ class Worker:
             fresh = messages if state is None else [m for m in messages if m.offset >= state.next_offset]
             if fresh:  # the others were published before a restart, by the state restored here
                 sends += self._process_partition(tp, fresh)
-            commits[tp] = OffsetAndMetadata(messages[-1].offset + 1, "", -1)
+            if tp not in self._rebuild_until:  # never move a committed offset back while rebuilding
+                commits[tp] = OffsetAndMetadata(messages[-1].offset + 1, "", -1)
+        self._flush(sends, "sends")
+        self._unpublished = False
+        snapshots = [f for f in (self._save_state(tp) for tp in commits) if f is not None]
+        if snapshots:
+            self._flush(snapshots, "snapshots")
+        if commits:
+            self._consumer.commit(commits)
+            self._committed.update({tp: om.offset for tp, om in commits.items()})
+        self.stats.batches += 1
+        self._update_lag()
+
+    def _flush(self, sends: list[Any], what: str) -> None:
         try:
             self._producer.flush()
         except KafkaError as exc:
             raise PublishError(f"flushing the producer failed, offsets not committed: {exc!r}") from exc
         failed = [f.exception for f in sends if f.failed()]
         if failed:
-            raise PublishError(f"{len(failed)} sends failed, offsets not committed: {failed[0]}")
-        self._unpublished = False
-        for tp in commits:
-            self._save_state(tp)
-        if commits:
-            self._consumer.commit(commits)
-            self._committed.update({tp: om.offset for tp, om in commits.items()})
-        self.stats.batches += 1
-        self._update_lag()
+            raise PublishError(f"{len(failed)} {what} failed, offsets not committed: {failed[0]}")
 
     def _update_lag(self) -> None:
         """Lag of every owned partition, not only those in the last batch."""
@@ -192,14 +193,24 @@ class Worker:
 
     def _process_partition(self, tp: TopicPartition, messages: list[Any]) -> list[Any]:
         sends, good, good_msgs = [], [], []
+        live_from = self._rebuild_until.get(tp, -1)
         for msg in messages:
             try:
                 good.append(self.parser.parse(msg.value, msg.key, msg.timestamp))
                 good_msgs.append(msg)
             except EventError as exc:
-                sends.append(self._dead_letter(msg, exc))
-        self.stats.events += len(messages)
-        self.metrics.events.labels(tp.topic).inc(len(good))
+                if msg.offset >= live_from:  # an earlier owner dead-lettered the others
+                    sends.append(self._dead_letter(msg, exc))
+        rebuilt = sum(1 for m in messages if m.offset < live_from)
+        if rebuilt:
+            self.stats.rebuilt += rebuilt
+            self.metrics.rebuilt_events.labels(tp.topic).inc(rebuilt)
+        if messages[-1].offset + 1 >= live_from >= 0:
+            del self._rebuild_until[tp]
+            logger.info("rebuilt the detector of %s-%d up to offset %d: publishing again", tp.topic, tp.partition,
+                        live_from)
+        self.stats.events += len(messages) - rebuilt
+        self.metrics.events.labels(tp.topic).inc(sum(1 for m in good_msgs if m.offset >= live_from))
         if not good and tp not in self.states:
             return sends  # nothing valid yet: the channels may still be unknown
         state = self._state(tp)
@@ -208,16 +219,18 @@ class Worker:
             return sends
         det = state.detector
         res = det.process_many(np.array([g.values for g in good]), np.array([g.key for g in good]))
-        flagged = np.flatnonzero(res.is_anomaly)
-        rows = np.union1d(np.union1d(flagged, np.flatnonzero(res.regime_change)), np.fromiter(res.closed, np.int64))
+        live = np.array([m.offset >= live_from for m in good_msgs])
+        flagged = np.flatnonzero(res.is_anomaly & live)
+        rows = np.union1d(np.union1d(flagged, np.flatnonzero(res.regime_change & live)),
+                          [i for i in res.closed if live[i]]).astype(np.int64)
         if len(rows):
             for i, record in zip(rows.tolist(), result_records(res, det.config.names, rows)):
                 sends.append(self._publish(tp, good_msgs[i], good[i], record, det.config.names))
             self.stats.anomalies += len(flagged)
             self.metrics.anomalies.labels(tp.topic).inc(len(flagged))
-            self.metrics.alerts.labels(tp.topic).inc(int(res.alert.sum()))
-            self.metrics.episodes_closed.labels(tp.topic).inc(len(res.closed))
-            self.metrics.regime_changes.labels(tp.topic).inc(int(res.regime_change.sum()))
+            self.metrics.alerts.labels(tp.topic).inc(int((res.alert & live).sum()))
+            self.metrics.episodes_closed.labels(tp.topic).inc(sum(1 for i in res.closed if live[i]))
+            self.metrics.regime_changes.labels(tp.topic).inc(int((res.regime_change & live).sum()))
         labels = (tp.topic, str(tp.partition))
         self.metrics.open_episodes.labels(*labels).set(len(det.episodes.open))
         if not np.isnan(res.threshold[-1]):
@@ -270,62 +283,79 @@ class Worker:
             state = self.states[tp] = PartitionState(AutoencoderDetector(config))
         return state
 
-    def _state_path(self, tp: TopicPartition) -> Path | None:
-        folder = self.settings.service.state_dir
-        return Path(folder) / f"{tp.topic}-{tp.partition}.ckpt" if folder else None
-
-    def restore(self, tp: TopicPartition) -> None:
-        path = self._state_path(tp)
-        if path is None or not path.exists():
-            return
-        det, meta = load_detector_with_metadata(path)  # a corrupt file stops the worker loudly
+    def _adopt(self, tp: TopicPartition, snap: Snapshot) -> None:
+        det = snap.detector
         if self.parser.channels is None:
             self.parser.channels = det.config.names
         elif self.parser.channels != det.config.names:
-            raise WorkerError(f"{path} was built for channels {', '.join(det.config.names)}, "
+            raise WorkerError(f"{snap.source} was built for channels {', '.join(det.config.names)}, "
                               f"not {', '.join(self.parser.channels)}: move it away to start afresh")
         wanted = self.settings.detector.to_config(len(det.config.names), det.config.names)
         changed = sorted(k for k, v in wanted.to_dict().items() if det.config.to_dict()[k] != v)
         if changed:
             logger.warning("%s keeps its saved detector settings; these differ from the current ones: %s",
-                           path, ", ".join(changed))
-        self.states[tp] = PartitionState(det, int(meta.get("next_offset", 0)), time.monotonic())
-        logger.info("restored detector of %s-%d (%d events seen, next offset %s)", tp.topic, tp.partition,
-                    det.events_seen, meta.get("next_offset"))
+                           snap.source, ", ".join(changed))
+        self.states[tp] = PartitionState(det, snap.next_offset, time.monotonic())
+        logger.info("restored detector of %s-%d from %s (%d events seen, next offset %d)", tp.topic, tp.partition,
+                    snap.source, det.events_seen, snap.next_offset)
 
-    def _save_state(self, tp: TopicPartition, force: bool = False) -> None:
-        path, state = self._state_path(tp), self.states.get(tp)
-        if path is None or state is None or self._unpublished:
-            # After a failed batch the detectors are ahead of what was published: keep the last
-            # saved state; the batch is replayed from the committed offsets.
-            return
-        if not force and time.monotonic() - state.saved_at < STATE_SAVE_SECONDS:
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_detector(state.detector, path, {"next_offset": state.next_offset, "topic": tp.topic,
-                                             "partition": tp.partition})
-        state.saved_at = time.monotonic()
+    def _plan_rebuild(self, tp: TopicPartition) -> bool:
+        """Seek back to where the restored state (or the partition) begins when the group's committed
+        offset is ahead of it: those events rebuild the detector and publish nothing."""
+        committed = self._consumer.committed(tp)
+        if committed is None:
+            return False
+        state = self.states.get(tp)
+        start = state.next_offset if state is not None else self._consumer.beginning_offsets([tp])[tp]
+        if start < committed:
+            self._consumer.seek(tp, start)
+            self._rebuild_until[tp] = committed
+            logger.info("rebuilding the detector of %s-%d from offset %d up to the committed %d, publishing nothing",
+                        tp.topic, tp.partition, start, committed)
+            return True
+        return False
+
+    def _save_state(self, tp: TopicPartition, force: bool = False) -> Any:
+        """Snapshot a partition's detector when due; returns the changelog send, or None."""
+        state = self.states.get(tp)
+        if state is None or self._unpublished or tp in self._rebuild_until:
+            # After a failed batch the detectors are ahead of what was published, and mid-rebuild
+            # they are behind the committed offset: keep the last snapshot.
+            return None
+        if not force and time.monotonic() - state.saved_at < self.settings.service.snapshot_interval:
+            return None
+        return self.store.save(self._producer, tp, state)
 
     def take(self, tps: list[TopicPartition]) -> None:
-        """Partitions assigned to this worker: restore their saved detectors, if any."""
-        for tp in tps:
-            if tp not in self.states:
-                try:
-                    self.restore(tp)
-                except (CheckpointError, WorkerError) as exc:
-                    # kafka-python logs and swallows errors raised in rebalance callbacks: keep it
-                    # and stop the worker from the loop instead of silently starting afresh.
-                    logger.error("cannot restore %s-%d: %s", tp.topic, tp.partition, exc)
-                    self._fatal = exc
+        """Partitions assigned to this worker. kafka-python forbids blocking calls in its rebalance
+        callbacks, so restoring them waits for the loop (:meth:`_restore_arrived`)."""
+        self._arrived |= {tp for tp in tps if tp not in self.states}
         self._assigned |= set(tps)
         self.metrics.assigned.set(len(self._assigned))
 
+    def _restore_arrived(self, records: dict[TopicPartition, list[Any]]) -> dict[TopicPartition, list[Any]]:
+        """Restore the latest snapshots of newly assigned partitions and plan their rebuilds; records
+        already fetched for a partition that seeks back are dropped (they come again)."""
+        arrived = sorted(self._arrived & self._assigned, key=lambda tp: (tp.topic, tp.partition))
+        self._arrived.clear()
+        snapshots = self.store.latest(arrived)  # a corrupt local file raises: the worker stops loudly
+        for tp in arrived:
+            if tp in snapshots:
+                self._adopt(tp, snapshots[tp])
+            if self._plan_rebuild(tp):
+                records.pop(tp, None)
+        return records
+
     def release(self, tps: list[TopicPartition]) -> None:
-        """Partitions revoked: every batch was committed before this poll, so save and let go."""
+        """Partitions revoked: every batch was committed before this poll, so snapshot and let go."""
         for tp in tps:
+            # Sent, not flushed (no blocking call in a rebalance callback): a next owner that reads
+            # an older snapshot rebuilds from it to the same state.
             self._save_state(tp, force=True)
+            self._arrived.discard(tp)
             self.states.pop(tp, None)
             self._committed.pop(tp, None)
+            self._rebuild_until.pop(tp, None)
         self._assigned -= set(tps)
         self.metrics.assigned.set(len(self._assigned))
 

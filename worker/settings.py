@@ -116,6 +116,8 @@ class KafkaSettings(BaseModel):
         ("sensor-readings",), min_length=1, description="topics to consume, comma-separated")
     output_topic: str = Field("anomalies", min_length=1, description="where flagged events are published")
     dlq_topic: str = Field("sensor-readings-dlq", min_length=1, description="malformed events, with the reason")
+    changelog_topic: str | None = Field(None, description="compacted topic of partition snapshots "
+                                        "(default <group_id>-state; created when missing)")
     group_id: str = Field("ae-worker", min_length=1, description="consumer group: workers of a group share partitions")
     client_id: str = Field("ae-worker", description="client id seen by the brokers")
     auto_offset_reset: Literal["earliest", "latest"] = Field(
@@ -161,7 +163,10 @@ class ServiceSettings(BaseModel):
     max_events: int | None = Field(None, ge=1, description="exit 0 after this many events")
     idle_timeout: float | None = Field(None, gt=0, description="exit 0 after this many seconds without events while "
                                         "partitions are assigned (waiting for an assignment does not count)")
-    state_dir: str | None = Field(None, description="keep each partition's detector here across restarts")
+    state_dir: str | None = Field(None, description="also keep each partition's snapshot in this local folder "
+                                  "(a cache beside the changelog topic)")
+    snapshot_interval: float = Field(10.0, ge=0, description="seconds between snapshots of a partition's "
+                                     "detector to the changelog (0 = every batch)")
 
 
 class Settings(BaseSettings):
