@@ -451,3 +451,85 @@ def anomaly_offsets(kafka: str, topic: str) -> list[int]:
     """Source offsets of the anomaly records on an output topic (not episode closings)."""
     records = [json.loads(m.value) for m in read_topic(kafka, topic)]
     return [r["source"]["offset"] for r in records if r["type"] == "anomaly"]
+
+
+def expected_anomalies(rec: Recording, s: Settings) -> set[int]:
+    """Offsets an uninterrupted detector flags on a one-partition replay of ``rec``."""
+    det = AutoencoderDetector(s.detector.to_config(8, channel_names(8)))
+    values = np.vstack([b.values for b in rec.batches()])
+    return set(np.flatnonzero(det.process_many(values).is_anomaly).tolist())
+
+
+def test_kill_9_without_local_state_publishes_what_an_uninterrupted_worker_does(
+        kafka: str, topic_prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    total = 8000
+    rec = recording_file(tmp_path, total, seed=9)
+    s = settings(kafka, topic_prefix)
+    produce(rec, s.kafka, f"{topic_prefix}-in", "pump-9", speed=0, create=True)
+    monkeypatch.setenv("AE_SERVICE__SNAPSHOT_INTERVAL", "1")
+    common = ["run", "--bootstrap-servers", kafka, "--input-topic", f"{topic_prefix}-in",
+              "--output-topic", f"{topic_prefix}-out", "--dlq-topic", f"{topic_prefix}-dlq",
+              "--group-id", f"{topic_prefix}-group", "--create-topics", "--metrics-port", "0",
+              "--batch-max-events", "10"]  # no --state-dir: the state lives in the changelog only
+    tp = TopicPartition(f"{topic_prefix}-in", 0)
+    rng = np.random.default_rng(9)
+    reached = 0
+    for _ in range(3):
+        proc = run_cli(common)
+        deadline = time.monotonic() + 90
+        while (committed(kafka, f"{topic_prefix}-group", tp) or 0) < reached + 300 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(float(rng.uniform(0.0, 0.3)))
+        proc.kill()  # SIGKILL: no shutdown, no final snapshot
+        proc.communicate(timeout=30)
+        reached = committed(kafka, f"{topic_prefix}-group", tp) or 0
+        assert reached < total, "the worker finished before it could be killed"
+    final = run_cli([*common, "--idle-timeout", "4"])
+    out, err = final.communicate(timeout=300)
+    assert final.returncode == 0, err
+    assert "rebuilding the detector" in err or "restored detector" in err
+    assert committed(kafka, f"{topic_prefix}-group", tp) == total
+    published = anomaly_offsets(kafka, f"{topic_prefix}-out")
+    # the same decisions as one uninterrupted worker: nothing missing, nothing extra (at-least-once
+    # may repeat a record whose batch was published but not committed when the process died)
+    assert set(published) == expected_anomalies(rec, s) and published
+
+
+def test_a_corrupt_snapshot_is_refused_and_the_partition_rebuilt(kafka: str, topic_prefix: str,
+                                                                  tmp_path: Path) -> None:
+    s = settings(kafka, topic_prefix, max_poll_records=100, service={"idle_timeout": 3})
+    X, labels, _ = simulate(2000, 8, seed=10)
+    write_recording(tmp_path / "all.csv", X, labels)
+    write_recording(tmp_path / "a.csv", X[:1500], labels[:1500])
+    write_recording(tmp_path / "b.csv", X[1500:], labels[1500:])
+    opts = InputSettings(time_column="timestamp", label_column="anomaly")
+    produce(Recording(tmp_path / "a.csv", opts), s.kafka, f"{topic_prefix}-in", "pump-10", speed=0, create=True)
+    assert Worker(s).run().events == 1500  # the final snapshot goes to the changelog
+    producer = KafkaProducer(bootstrap_servers=kafka)
+    producer.send(f"{topic_prefix}-group-state", key=f"{topic_prefix}-in/0".encode(), value=b"AEWCKPT1" + b"x" * 64)
+    producer.flush()
+    producer.close()
+    produce(Recording(tmp_path / "b.csv", opts), s.kafka, f"{topic_prefix}-in", "pump-10", speed=0, create=True)
+    again = Worker(s)
+    stats = again.run()  # no crash loop: refused, counted, rebuilt from the partition's first offset
+    assert stats.events == 500 and stats.rebuilt == 1500
+    refused = again.metrics.registry.get_sample_value("ae_snapshots_refused_total", {"topic": f"{topic_prefix}-in"})
+    assert refused == 1
+    published = anomaly_offsets(kafka, f"{topic_prefix}-out")
+    assert set(published) == expected_anomalies(Recording(tmp_path / "all.csv", opts), s)
+
+
+def test_snapshots_larger_than_a_broker_message_go_through_the_changelog(kafka: str, topic_prefix: str,
+                                                                        tmp_path: Path) -> None:
+    from worker.partition_state import StateStore
+
+    s = settings(kafka, topic_prefix, detector={"window": 25}, service={"idle_timeout": 3})
+    rec = recording_file(tmp_path, 1200, seed=11)
+    produce(rec, s.kafka, f"{topic_prefix}-in", "pump-11", speed=0, create=True)
+    worker = Worker(s)
+    assert worker.run().events == 1200
+    tp = TopicPartition(f"{topic_prefix}-in", 0)
+    size = worker.metrics.registry.get_sample_value("ae_snapshot_bytes", {"topic": tp.topic, "partition": "0"})
+    assert size > 1_100_000  # over the broker's default message.max.bytes
+    snapshot = StateStore(s, worker.metrics).latest([tp])[tp]
+    assert snapshot.next_offset == 1200 and snapshot.detector.events_seen == 1200
