@@ -1,9 +1,11 @@
 """``ae-worker run``: the consumer-group loop on a real broker.
 
 Per mini-batch, in a fixed order (at-least-once): poll -> score and decide per partition ->
-send anomalies and dead letters -> flush the producer and check every send -> save partition
-state (when due) -> commit the consumed offsets. A crash anywhere before the commit replays the
-batch; nothing is committed that was not published first.
+send anomalies and dead letters -> flush the producer and check every send -> send partition
+snapshots to the changelog (when due) and flush -> commit the consumed offsets. A crash anywhere
+before the commit replays the batch; nothing is committed that was not published first. A newly
+assigned partition restores its latest snapshot and re-processes, publishing nothing, the events
+between that snapshot and the committed offset (:mod:`worker.partition_state`).
 """
 
 from __future__ import annotations
