@@ -454,10 +454,18 @@ def anomaly_offsets(kafka: str, topic: str) -> list[int]:
 
 
 def expected_anomalies(rec: Recording, s: Settings) -> set[int]:
-    """Offsets an uninterrupted detector flags on a one-partition replay of ``rec``."""
-    det = AutoencoderDetector(s.detector.to_config(8, channel_names(8)))
-    values = np.vstack([b.values for b in rec.batches()])
-    return set(np.flatnonzero(det.process_many(values).is_anomaly).tolist())
+    """Offsets an uninterrupted detector flags on a one-partition replay of ``rec``, computed with
+    the worker's one torch thread (float sums may round differently with more)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(s.torch_threads)
+    try:
+        det = AutoencoderDetector(s.detector.to_config(8, channel_names(8)))
+        values = np.vstack([b.values for b in rec.batches()])
+        return set(np.flatnonzero(det.process_many(values).is_anomaly).tolist())
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_kill_9_without_local_state_publishes_what_an_uninterrupted_worker_does(
