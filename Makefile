@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Re-install when the dependencies change or the environment serves another checkout (editable install).
 STAMP := $(VENV)/.installed-$(shell (cat pyproject.toml; echo $(CURDIR)) | sha256sum | cut -c1-12)
 
-.PHONY: demo test bench kafka-up kafka-down lint clean
+.PHONY: demo test bench kafka-up kafka-down kafka-start kafka-stop lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,12 @@ kafka-up:
 
 kafka-down:
 	scripts/kafka/broker.sh down
+
+kafka-stop:   # keeps the topics and offsets for kafka-start
+	scripts/kafka/broker.sh stop
+
+kafka-start:
+	scripts/kafka/broker.sh start
 
 lint: $(STAMP)
 	$(BIN)/ruff check ae_core worker tests bench scripts

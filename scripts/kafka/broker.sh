@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # A single-node Apache Kafka (KRaft, combined broker+controller) on loopback, from Maven Central.
-#   scripts/kafka/broker.sh up       fetch the jars once, format the log dir, start, wait until it answers
-#   scripts/kafka/broker.sh down     stop it (and its log dir)
+#   scripts/kafka/broker.sh up       fetch the jars once, format a fresh log dir, start, wait until it answers
+#   scripts/kafka/broker.sh down     stop it and delete its log dir
+#   scripts/kafka/broker.sh stop     stop it, keeping its data (topics, offsets) for `start`
+#   scripts/kafka/broker.sh start    start the stopped broker on its kept data (or `up` when there is none)
 #   scripts/kafka/broker.sh status
 # Settings: AE_KAFKA_PORT (9092; the controller listens on the next port), AE_KAFKA_HOME (.kafka in
 # the project: config, data, log, pid), AE_KAFKA_LIBS (jar cache shared between checkouts).
@@ -64,6 +66,11 @@ PROPS
   cluster_id="$(java -cp "$cp" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n 1)"
   java -cp "$cp" kafka.tools.StorageTool format -t "$cluster_id" -c "$home/server.properties" \
     > "$home/format.log" 2>&1 || { cat "$home/format.log" >&2; exit 1; }
+  launch
+}
+
+launch() {
+  local cp="$libs/*"
   nohup java -Xms256m -Xmx1g -XX:+UseG1GC -Dorg.slf4j.simpleLogger.defaultLogLevel=warn \
     -cp "$cp" kafka.Kafka "$home/server.properties" > "$home/broker.log" 2>&1 &
   echo $! > "$pidfile"
@@ -74,11 +81,19 @@ PROPS
   done
   echo "broker did not answer on 127.0.0.1:$port within 60 s" >&2
   tail -n 40 "$home/broker.log" >&2
-  down
+  stop
   exit 1
 }
 
-down() {
+start() {
+  if running; then echo "broker already running (pid $(cat "$pidfile")) on 127.0.0.1:$port"; return; fi
+  if [ ! -f "$home/server.properties" ] || [ ! -f "$home/data/meta.properties" ]; then up; return; fi
+  if answers; then echo "something else already listens on 127.0.0.1:$port" >&2; exit 1; fi
+  fetch
+  launch
+}
+
+stop() {
   if running; then
     local pid
     pid="$(cat "$pidfile")"
@@ -88,13 +103,19 @@ down() {
     echo "broker stopped"
   fi
   rm -f "$pidfile"
+}
+
+down() {
+  stop
   rm -rf "$home/data"
 }
 
 case "${1:-}" in
   up) up ;;
   down) down ;;
+  start) start ;;
+  stop) stop ;;
   status) if running; then echo "running (pid $(cat "$pidfile")) on 127.0.0.1:$port"; else echo "not running"; exit 1; fi ;;
   fetch) fetch ;;
-  *) echo "usage: $0 up|down|status|fetch" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|start|stop|status|fetch" >&2; exit 2 ;;
 esac
