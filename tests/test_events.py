@@ -70,3 +70,14 @@ def test_oversize_and_tombstones() -> None:
     with pytest.raises(EventError) as exc:
         parser.parse(None, b"k", None)
     assert exc.value.kind == "empty"
+
+
+def test_record_keys_too_long_to_be_a_device_id_are_refused() -> None:
+    parser = EventParser(None, False, 65_536)
+    value = json.dumps({"readings": {"a": 1.0}}).encode()
+    with pytest.raises(EventError) as info:
+        parser.parse(value, b"k" * 300, None)
+    assert info.value.kind == "oversize_key"
+    assert parser.parse(value, b"k" * 256, None).key == "k" * 256
+    named = json.dumps({"key": "pump-1", "readings": {"a": 1.0}}).encode()
+    assert parser.parse(named, b"k" * 300, None).key == "pump-1"  # the event's own key wins

@@ -541,3 +541,33 @@ def test_snapshots_larger_than_a_broker_message_go_through_the_changelog(kafka: 
     assert size > 1_100_000  # over the broker's default message.max.bytes
     snapshot = StateStore(s, worker.metrics).latest([tp])[tp]
     assert snapshot.next_offset == 1200 and snapshot.detector.events_seen == 1200
+
+
+def test_oversized_values_and_keys_are_dead_lettered_without_jamming_the_partition(kafka: str,
+                                                                                  topic_prefix: str) -> None:
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    admin = KafkaAdminClient(bootstrap_servers=kafka)
+    admin.create_topics([NewTopic(f"{topic_prefix}-in", 1, 1, topic_configs={"max.message.bytes": str(8 << 20)})])
+    admin.close()
+    s = settings(kafka, topic_prefix)
+    producer = KafkaProducer(bootstrap_servers=kafka, max_request_size=8 << 20)
+    big_value = b'{"key": "d", "readings": {"a": 1.0}, "pad": "' + b"x" * (3 << 20) + b'"}'
+    big_key = b"k" * 900_000
+    producer.send(f"{topic_prefix}-in", key=b"d", value=big_value)
+    producer.send(f"{topic_prefix}-in", key=big_key, value=json.dumps({"readings": {"a": 1.0, "b": 2.0}}).encode())
+    for i in range(50):
+        producer.send(f"{topic_prefix}-in", key=b"d", value=json.dumps({"readings": {"a": i, "b": -i}}).encode())
+    producer.flush()
+    producer.close()
+    stats = Worker(s).run()
+    assert stats.events == 52 and stats.dead_letters == 2
+    tp = TopicPartition(f"{topic_prefix}-in", 0)
+    assert committed(kafka, f"{topic_prefix}-group", tp) == 52  # nothing jammed: lag 0
+    dead = {dict(m.headers)["ae-error-kind"].decode(): m for m in read_topic(kafka, f"{topic_prefix}-dlq")}
+    assert set(dead) == {"oversize", "oversize_key"}
+    value_headers = dict(dead["oversize"].headers)
+    assert int(value_headers["ae-original-size"]) == len(big_value) and len(dead["oversize"].value) == 1024
+    assert dead["oversize"].value == big_value[:1024]
+    key_headers = dict(dead["oversize_key"].headers)
+    assert int(key_headers["ae-original-key-size"]) == len(big_key) and len(dead["oversize_key"].key) == 1024

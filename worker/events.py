@@ -14,6 +14,9 @@ from ae_core.config import MAX_ABS_READING
 Reading = Annotated[float, Strict(), Field(allow_inf_nan=False, ge=-MAX_ABS_READING, le=MAX_ABS_READING)]
 
 
+
+MAX_KEY_BYTES = 256  # device ids longer than this are refused, as a JSON field or a record key
+
 class SensorEvent(BaseModel):
     """One reading of one device.
 
@@ -24,7 +27,7 @@ class SensorEvent(BaseModel):
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
-    key: str | None = Field(None, min_length=1, max_length=256)
+    key: str | None = Field(None, min_length=1, max_length=MAX_KEY_BYTES)
     timestamp: datetime | None = None
     readings: dict[str, Reading] | list[Reading]
 
@@ -68,6 +71,9 @@ class EventParser:
             event = SensorEvent.model_validate_json(value)
         except ValidationError as exc:
             raise EventError(_kind(exc), _describe(exc)) from None
+        if event.key is None and record_key is not None and len(record_key) > MAX_KEY_BYTES:
+            raise EventError("oversize_key", f"record key of {len(record_key)} bytes exceeds {MAX_KEY_BYTES} "
+                                             "(a device id that long would swell every anomaly record)")
         key = event.key or (record_key.decode("utf-8", "replace") if record_key else None)
         if key is None:
             raise EventError("missing_field", "no key: neither a 'key' field nor a record key")

@@ -10,6 +10,7 @@ between that snapshot and the committed offset (:mod:`worker.partition_state`).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -33,6 +34,11 @@ from worker.results import result_records
 from worker.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+# Dead letters must fit the dead-letter topic (1 MB by default, headers included).
+DLQ_MAX_VALUE_BYTES = 512 * 1024
+DLQ_HEAD_BYTES = 1024
+DLQ_MAX_KEY_BYTES = 1024
 
 
 class PublishError(WorkerError):
@@ -273,7 +279,19 @@ class Worker:
             ("ae-source-topic", msg.topic.encode()), ("ae-source-partition", str(msg.partition).encode()),
             ("ae-source-offset", str(msg.offset).encode()),
         ]
-        return self._producer.send(self.settings.kafka.dlq_topic, key=msg.key, value=msg.value, headers=headers)
+        key, value = msg.key, msg.value
+        # A record the dead-letter topic cannot take would jam the partition (the send fails, the
+        # batch replays, fails again): keep the head of an oversized key or value, with its size
+        # and digest, so it can still be found and matched with the source.
+        if key is not None and len(key) > DLQ_MAX_KEY_BYTES:
+            headers += [("ae-original-key-size", str(len(key)).encode()),
+                        ("ae-original-key-sha256", hashlib.sha256(key).hexdigest().encode())]
+            key = key[:DLQ_MAX_KEY_BYTES]
+        if value is not None and len(value) > DLQ_MAX_VALUE_BYTES:
+            headers += [("ae-original-size", str(len(value)).encode()),
+                        ("ae-original-sha256", hashlib.sha256(value).hexdigest().encode())]
+            value = value[:DLQ_HEAD_BYTES]
+        return self._producer.send(self.settings.kafka.dlq_topic, key=key, value=value, headers=headers)
 
     # -- partition state ----------------------------------------------------------------------------
     def _state(self, tp: TopicPartition) -> PartitionState:
