@@ -53,6 +53,18 @@ def read_topic(bootstrap: str, topic: str) -> list[Any]:
         consumer.close()
 
 
+def wait_for_partitions(bootstrap: str, topic: str, count: int) -> None:
+    """Until a client sees every partition of a topic just created: consumers that join a group
+    before the metadata has spread may sit out a rebalance."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
+    try:
+        deadline = time.monotonic() + 30
+        while len(consumer.partitions_for_topic(topic) or ()) < count and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        consumer.close()
+
+
 def committed(bootstrap: str, group: str, tp: TopicPartition) -> int | None:
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
     try:
@@ -226,6 +238,7 @@ def test_two_workers_split_the_partitions_and_process_every_event(kafka: str, to
     from worker.kafka_io import ensure_topics
 
     ensure_topics(s.kafka, [f"{topic_prefix}-in"], create=True)
+    wait_for_partitions(kafka, f"{topic_prefix}-in", 4)
     workers = [Worker(s), Worker(s)]
     threads = [threading.Thread(target=w.run) for w in workers]
     for t in threads:
