@@ -136,8 +136,12 @@ def loads_with_metadata(blob: bytes) -> tuple[AutoencoderDetector, dict[str, Any
 def save_detector(det: AutoencoderDetector, path: str | os.PathLike[str],
                   metadata: dict[str, Any] | None = None) -> None:
     """Write atomically: a crash mid-write leaves the previous checkpoint in place."""
+    write_blob(dumps(det, metadata), path)
+
+
+def write_blob(blob: bytes, path: str | os.PathLike[str]) -> None:
+    """Write checkpoint bytes (from :func:`dumps`) atomically."""
     target = Path(path)
-    blob = dumps(det, metadata)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
     try:
         with os.fdopen(fd, "wb") as fh:

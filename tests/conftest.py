@@ -25,20 +25,25 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def broker_port() -> int:
+    """A free loopback port whose next port (the controller's) is free too."""
+    while True:
+        port = free_port()
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 1))
+                return port
+            except OSError:
+                continue
+
+
 @pytest.fixture(scope="session")
 def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     external = os.environ.get("AE_TEST_BOOTSTRAP")
     if external:
         yield external
         return
-    port = free_port()
-    while True:  # the controller takes the next port: it must be free too
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + 1))
-                break
-            except OSError:
-                port = free_port()
+    port = broker_port()
     env = {**os.environ, "AE_KAFKA_PORT": str(port), "AE_KAFKA_HOME": str(tmp_path_factory.mktemp("kafka"))}
     script = str(ROOT / "scripts" / "kafka" / "broker.sh")
     subprocess.run([script, "up"], env=env, check=True, timeout=600)

@@ -3,35 +3,23 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 from pathlib import Path
 
 import pytest
 from kafka import KafkaProducer
 
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, broker_port
 from tests.test_kafka_worker import read_topic
 
 pytestmark = pytest.mark.kafka
 SCRIPT = str(ROOT / "scripts" / "kafka" / "broker.sh")
 
 
-def two_free_ports() -> int:
-    while True:
-        port = free_port()
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + 1))
-                return port
-            except OSError:
-                continue
-
-
 def test_stop_and_start_keep_the_data(tmp_path: Path, kafka: str) -> None:
     # `kafka` only makes sure the jars are fetched (the shared broker fetched them); this test
     # runs a broker of its own on other ports and folders.
-    port = two_free_ports()
+    port = broker_port()
     env = {**os.environ, "AE_KAFKA_PORT": str(port), "AE_KAFKA_HOME": str(tmp_path / "kafka")}
 
     def broker(command: str) -> subprocess.CompletedProcess[str]:

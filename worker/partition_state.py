@@ -22,7 +22,7 @@ from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
 from ae_core import AutoencoderDetector, CheckpointError
-from ae_core.checkpoint import dumps, load_detector_with_metadata, loads_with_metadata, save_detector
+from ae_core.checkpoint import dumps, load_detector_with_metadata, loads_with_metadata, write_blob
 from worker.kafka_io import connection_config
 from worker.observability import Metrics
 from worker.settings import Settings
@@ -90,7 +90,7 @@ class StateStore:
         path = self._path(tp)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            save_detector(state.detector, path, metadata)
+            write_blob(blob, path)  # the same bytes: serialised once
         self.metrics.snapshot_bytes.labels(tp.topic, str(tp.partition)).set(len(blob))
         state.saved_at = time.monotonic()
         return future
