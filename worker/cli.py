@@ -48,6 +48,7 @@ KAFKA_FLAGS = {  # flag dest -> (settings section, field)
     "batch_max_wait_ms": ("kafka", "poll_timeout_ms"), "channels": ("events", "channels"),
     "max_events": ("service", "max_events"), "idle_timeout": ("service", "idle_timeout"),
     "metrics_port": ("service", "metrics_port"), "state_dir": ("service", "state_dir"),
+    "exactly_once": ("kafka", "exactly_once"), "instance_id": ("kafka", "instance_id"),
 }
 
 
@@ -66,6 +67,10 @@ def add_kafka_flags(parser: argparse.ArgumentParser, run: bool) -> None:
     group.add_argument("--batch-max-events", help="most events per mini-batch (max_poll_records)")
     group.add_argument("--batch-max-wait-ms", help="longest wait for a mini-batch (poll timeout)")
     group.add_argument("--channels", help="channel names in model order (needed for list readings)")
+    group.add_argument("--exactly-once", action=argparse.BooleanOptionalAction, default=None,
+                       help="one transaction per batch; readers use isolation.level=read_committed")
+    group.add_argument("--instance-id", help="stable unique name of this worker (static membership, "
+                       "transactional id)")
     svc = parser.add_argument_group("service (env AE_SERVICE__<NAME>)")
     svc.add_argument("--max-events", help="exit 0 after this many events")
     svc.add_argument("--idle-timeout", help="exit 0 after this many seconds without a new event")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Annotated
@@ -87,11 +88,8 @@ class EventParser:
                 raise EventError("schema", f"{len(readings)} readings for {len(self.channels)} channels")
             return readings
         if self.channels is None:
-            if not readings:
-                raise EventError("schema", "readings is empty")
-            # The first valid event fixes the channels, in its order, for the life of the worker
-            # (the order of a recording's columns, so replay and run build the same model).
-            self.channels = tuple(readings)
+            raise EventError("schema", "the channels are not known yet (set AE_EVENTS__CHANNELS, or let the "
+                                       "first events fix them: infer_channels)")
         try:
             values = [readings[c] for c in self.channels]
         except KeyError as exc:
@@ -100,6 +98,33 @@ class EventParser:
             unknown = sorted(set(readings) - set(self.channels))
             raise EventError("unknown_channel", f"unknown channel {unknown[0]!r}")
         return values
+
+
+def infer_channels(values: list[bytes | None], max_bytes: int) -> tuple[tuple[str, ...] | None, int]:
+    """The channels a stream's events agree on, and how many valid events had a say.
+
+    Of the valid events whose ``readings`` is a non-empty object, the key set most of them carry
+    wins (a tie goes to the set seen first), in the order of its first event: one malformed early
+    event cannot decide the schema of the valid ones after it. ``(None, 0)`` without such events.
+    """
+    votes: Counter[frozenset[str]] = Counter()
+    order: dict[frozenset[str], tuple[str, ...]] = {}
+    for value in values:
+        if value is None or len(value) > max_bytes:
+            continue
+        try:
+            readings = SensorEvent.model_validate_json(value).readings
+        except ValidationError:
+            continue
+        if isinstance(readings, dict) and readings:
+            names = frozenset(readings)
+            votes[names] += 1
+            order.setdefault(names, tuple(readings))
+    if not votes:
+        return None, 0
+    best = max(votes.values())
+    winner = next(names for names in order if votes[names] == best)  # dicts keep first-seen order
+    return order[winner], sum(votes.values())
 
 
 def _kind(exc: ValidationError) -> str:

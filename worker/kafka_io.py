@@ -45,13 +45,19 @@ def make_consumer(k: KafkaSettings, **overrides: Any) -> KafkaConsumer:
         "session_timeout_ms": k.session_timeout_ms,
         "heartbeat_interval_ms": max(1000, k.session_timeout_ms // 3),
         "max_poll_interval_ms": k.max_poll_interval_ms,
+        # exactly-once reads see only committed input (and never the aborted records of an upstream)
+        "isolation_level": "read_committed" if k.exactly_once else "read_uncommitted",
     }
-    return KafkaConsumer(**{**config, **overrides})
+    config.update(overrides)
+    if k.instance_id and config["group_id"]:
+        config["group_instance_id"] = k.instance_id
+    return KafkaConsumer(**config)
 
 
 def make_producer(k: KafkaSettings, **overrides: Any) -> KafkaProducer:
     # acks=all and idempotence: a flushed anomaly is durable before its input offset is committed.
-    config = {**connection_config(k), "acks": "all", "enable_idempotence": True, "linger_ms": 5, "retries": 5}
+    # Sends are retried through an outage for delivery_timeout_ms (kafka-python's default, 120 s).
+    config = {**connection_config(k), "acks": "all", "enable_idempotence": True, "linger_ms": 5}
     return KafkaProducer(**{**config, **overrides})
 
 

@@ -45,6 +45,10 @@ class Metrics:
         self.loss = Gauge("ae_training_loss", "Reconstruction loss of the last learning step",
                           ["topic", "partition"], registry=r)
         self.assigned = Gauge("ae_assigned_partitions", "Partitions currently assigned", registry=r)
+        self.broker_waits = Counter("ae_broker_waits", "Retries of a broker call that failed with a retriable "
+                                    "error (an outage being ridden out)", ["operation"], registry=r)
+        self.failed_batches = Counter("ae_failed_batches", "Batches aborted (or unsent) and processed again from "
+                                      "the last committed state", registry=r)
 
 
 class HealthServer:

@@ -15,7 +15,6 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import NewTopic
@@ -25,6 +24,7 @@ from ae_core import AutoencoderDetector, CheckpointError
 from ae_core.checkpoint import dumps, load_detector_with_metadata, loads_with_metadata, write_blob
 from worker.kafka_io import connection_config
 from worker.observability import Metrics
+from worker.outputs import Outgoing
 from worker.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -82,23 +82,27 @@ class StateStore:
             admin.close()
 
     # -- writing ----------------------------------------------------------------------------------
-    def save(self, producer: Any, tp: TopicPartition, state: PartitionState) -> Any:
-        """Send the snapshot to the changelog (the caller flushes) and write the local cache."""
+    def snapshot(self, tp: TopicPartition, state: PartitionState) -> Outgoing:
+        """The snapshot record for the changelog (the caller sends it within its batch protocol);
+        the local cache, if any, gets the same bytes."""
         metadata = {"next_offset": state.next_offset, "topic": tp.topic, "partition": tp.partition}
         blob = dumps(state.detector, metadata)
-        future = producer.send(self.topic, key=snapshot_key(tp), value=blob)
         path = self._path(tp)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             write_blob(blob, path)  # the same bytes: serialised once
         self.metrics.snapshot_bytes.labels(tp.topic, str(tp.partition)).set(len(blob))
         state.saved_at = time.monotonic()
-        return future
+        return Outgoing(self.topic, snapshot_key(tp), blob, [])
 
     # -- reading ----------------------------------------------------------------------------------
-    def latest(self, tps: list[TopicPartition]) -> dict[TopicPartition, Snapshot]:
-        """The furthest snapshot of each partition, from the changelog and the local cache.
+    def latest(self, tps: list[TopicPartition], committed: dict[TopicPartition, int | None],
+               exactly_once: bool) -> dict[TopicPartition, Snapshot]:
+        """The furthest usable snapshot of each partition, from the changelog and the local cache.
 
+        In exactly-once mode a snapshot ahead of the committed offset belongs to a transaction that
+        never committed (only the local cache can hold one): it is passed over. At least once, a
+        snapshot is taken after its batch was published, so one ahead of the commit is right.
         Raises :class:`CheckpointError` for a corrupt local file (left in place for inspection)."""
         found = self._from_changelog(tps)
         for tp in tps:
@@ -107,6 +111,11 @@ class StateStore:
                 continue
             det, meta = load_detector_with_metadata(path)
             local = Snapshot(det, int(meta.get("next_offset", 0)), str(path))
+            done = committed.get(tp)
+            if exactly_once and local.next_offset > (done or 0):
+                logger.warning("passing over %s: its offset %d is ahead of the committed %s (an aborted "
+                               "transaction)", path, local.next_offset, done)
+                continue
             if tp not in found or local.next_offset > found[tp].next_offset:
                 found[tp] = local
         return found
@@ -115,6 +124,7 @@ class StateStore:
         wanted = {snapshot_key(tp): tp for tp in tps}
         blobs: dict[bytes, bytes | None] = {}
         consumer = KafkaConsumer(**connection_config(self.settings.kafka), enable_auto_commit=False,
+                                 isolation_level="read_committed",  # snapshots of aborted batches never count
                                  max_partition_fetch_bytes=SNAPSHOT_MAX_BYTES, fetch_max_bytes=SNAPSHOT_MAX_BYTES)
         try:
             parts = [TopicPartition(self.topic, p) for p in sorted(consumer.partitions_for_topic(self.topic) or [])]

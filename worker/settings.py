@@ -119,6 +119,14 @@ class KafkaSettings(BaseModel):
     changelog_topic: str | None = Field(None, description="compacted topic of partition snapshots "
                                         "(default <group_id>-state; created when missing)")
     group_id: str = Field("ae-worker", min_length=1, description="consumer group: workers of a group share partitions")
+    instance_id: str | None = Field(None, min_length=1, max_length=200, description="stable unique name of this "
+                                    "worker (e.g. the pod name): static group membership, so a restart within "
+                                    "session_timeout_ms keeps its partitions without a rebalance; with exactly_once, "
+                                    "its transactional id")
+    exactly_once: bool = Field(False, description="one transaction per batch (outputs, snapshots, offsets); "
+                               "readers use isolation.level=read_committed")
+    transaction_timeout_ms: int = Field(60_000, ge=1000, description="exactly_once: the broker aborts a "
+                                        "transaction left open this long (a crashed worker without instance_id)")
     client_id: str = Field("ae-worker", description="client id seen by the brokers")
     auto_offset_reset: Literal["earliest", "latest"] = Field(
         "earliest", description="where a group without committed offsets starts")
@@ -150,6 +158,8 @@ class EventSettings(BaseModel):
         None, description="channel names in model order; required when readings are lists")
     allow_unknown_channels: bool = Field(False, description="ignore extra channels instead of dead-lettering")
     max_event_bytes: int = Field(65_536, ge=16, description="larger events go to the dead-letter topic")
+    schema_sample: int = Field(16, ge=1, description="without channels: the key set most common among a "
+                               "partition's first this-many valid events fixes its channels")
 
 
 

@@ -1,0 +1,221 @@
+"""How a mini-batch's outputs and consumed offsets reach the broker, and riding out its absence.
+
+Two modes (``AE_KAFKA__EXACTLY_ONCE``):
+
+* :class:`AtLeastOnce` (default): anomalies and dead letters are sent and flushed, then the
+  partition snapshots, then the offsets are committed. A crash between the flush and the commit
+  may publish a batch's records again (restored snapshots keep most of those from repeating).
+* :class:`ExactlyOnce`: one Kafka transaction per batch holds the anomalies, dead letters,
+  snapshots and the consumed offsets (``send_offsets_to_transaction`` with the consumer's group
+  metadata, so a worker that lost its partitions is fenced). Readers with
+  ``isolation.level=read_committed`` see every batch once or not at all.
+
+A failed batch raises :class:`BatchFailed`: the worker aborts it and rewinds its partitions to
+the last committed state. :func:`patiently` retries what a broker outage interrupts.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from kafka.errors import (
+    AuthorizationError,
+    CommitFailedError,
+    KafkaError,
+    ProducerFencedError,
+    TransactionalIdAuthorizationFailedError,
+)
+from kafka.structs import OffsetAndMetadata, TopicPartition
+
+from worker.errors import WorkerError
+from worker.kafka_io import make_producer
+from worker.outputs import Outgoing
+from worker.settings import KafkaSettings
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+RETRY_FIRST_S = 0.5
+RETRY_MAX_S = 8.0
+
+
+class PublishError(WorkerError):
+    """The broker refused a batch's records for good (not an outage); offsets were not committed."""
+
+
+class BatchFailed(Exception):
+    """A batch could not be completed (its transaction aborted, or its sends timed out): the worker
+    rewinds its partitions to the last committed state and processes them again."""
+
+
+def retriable(exc: BaseException) -> bool:
+    return isinstance(exc, KafkaError) and bool(getattr(exc, "retriable", False))
+
+
+def patiently(what: str, call: Callable[[], T], stop: threading.Event,
+              waiting: Callable[[str, BaseException], None]) -> T:
+    """``call()`` until it succeeds, waiting out retriable broker errors with exponential backoff
+    (``waiting`` is told each time: readiness, metrics, a log line). Other errors, and any error
+    once ``stop`` is set, are raised."""
+    delay = RETRY_FIRST_S
+    while True:
+        try:
+            return call()
+        except KafkaError as exc:
+            if not retriable(exc) or stop.is_set():
+                raise
+            waiting(what, exc)
+            stop.wait(delay)
+            delay = min(2 * delay, RETRY_MAX_S)
+
+
+class AtLeastOnce:
+    """Flush the outputs, then the snapshots, then commit the offsets."""
+
+    exactly_once = False
+
+    def __init__(self, k: KafkaSettings, consumer: Any, retry: Callable[[str, Callable[[], Any]], Any],
+                 **producer: Any) -> None:
+        self.consumer = consumer
+        self.retry = retry
+        self.producer = make_producer(k, **producer)
+
+    def begin(self) -> None:
+        """Nothing to open: each send stands alone."""
+
+    def send(self, out: Outgoing) -> Any:
+        return self.producer.send(out.topic, key=out.key, value=out.value, headers=out.headers)
+
+    def published(self, sends: list[Any], what: str) -> None:
+        """Block until every send is acknowledged. The producer retries through an outage for
+        ``delivery_timeout_ms``; a batch still unsent after that is failed and processed again."""
+        try:
+            self.producer.flush()
+        except KafkaError as exc:
+            if retriable(exc):
+                raise BatchFailed(f"flushing {what}: {exc!r}") from exc
+            raise PublishError(f"flushing {what} failed, offsets not committed: {exc!r}") from exc
+        failed = [f.exception for f in sends if f.failed()]
+        if any(not retriable(e) for e in failed):
+            first = next(e for e in failed if not retriable(e))
+            raise PublishError(f"{len(failed)} {what} failed, offsets not committed: {first}")
+        if failed:
+            raise BatchFailed(f"{len(failed)} {what} failed: {failed[0]!r}")
+
+    def commit(self, offsets: dict[TopicPartition, OffsetAndMetadata], snapshots: list[Any]) -> bool:
+        """Flush the snapshots, commit the offsets (waiting out an outage). False when the group
+        rebalanced meanwhile: the records are out, the next owner may repeat them."""
+        if snapshots:
+            self.published(snapshots, "snapshots")
+        if not offsets:
+            return True
+        try:
+            self.retry("committing offsets", lambda: self.consumer.commit(offsets))
+        except CommitFailedError as exc:
+            logger.warning("commit refused after a rebalance (%s): the batch's records are published; the "
+                           "partitions' next owner restarts from the last commit", exc)
+            return False
+        return True
+
+    def abort(self) -> None:
+        """Sent records cannot be taken back: the batch is processed again (at least once)."""
+
+    def send_alone(self, out: Outgoing) -> Any:
+        return self.send(out)
+
+    def close(self) -> None:
+        self.producer.flush()
+        self.producer.close(timeout=5)
+
+
+class ExactlyOnce:
+    """One transaction per batch: outputs, snapshots and consumed offsets commit together."""
+
+    exactly_once = True
+
+    def __init__(self, k: KafkaSettings, consumer: Any, retry: Callable[[str, Callable[[], Any]], Any],
+                 **producer: Any) -> None:
+        self.consumer = consumer
+        self.retry = retry
+        # A stable id (the instance id) lets a restarted worker abort its predecessor's open
+        # transaction at once; without one, readers wait for transaction_timeout_ms after a crash.
+        suffix = k.instance_id or uuid.uuid4().hex
+        self.transactional_id = f"{k.group_id}-{suffix}"
+        self.producer = make_producer(k, transactional_id=self.transactional_id,
+                                      transaction_timeout_ms=k.transaction_timeout_ms, **producer)
+        self.retry("initialising transactions", self.producer.init_transactions)
+        self.open = False
+        self.sends: list[Any] = []
+
+    def begin(self) -> None:
+        if not self.open:
+            self._fatal_guard(self.producer.begin_transaction)
+            self.open = True
+
+    def send(self, out: Outgoing) -> Any:
+        return self.producer.send(out.topic, key=out.key, value=out.value, headers=out.headers)
+
+    def published(self, sends: list[Any], what: str) -> None:
+        """Nothing to wait for: the transaction's commit confirms every send (kept to tell, if it
+        fails, a record the broker refuses for good from an outage)."""
+        self.sends = sends
+
+    def commit(self, offsets: dict[TopicPartition, OffsetAndMetadata], snapshots: list[Any]) -> bool:
+        try:
+            if offsets:
+                metadata = self.consumer.group_metadata()
+                self._fatal_guard(lambda: self.producer.send_offsets_to_transaction(offsets, metadata))
+            self._fatal_guard(self.producer.commit_transaction)
+        except WorkerError:
+            raise
+        except KafkaError as exc:  # the transaction stays open: the worker aborts it and rewinds
+            refused = [f.exception for f in [*self.sends, *snapshots]
+                       if f.is_done and f.failed() and not retriable(f.exception)]
+            if refused:
+                self.abort()
+                raise PublishError(f"the broker refused a record, transaction aborted: {refused[0]!r}") from exc
+            raise BatchFailed(f"committing the transaction: {exc!r}") from exc
+        self.open = False
+        self.sends = []
+        return True
+
+    def abort(self) -> None:
+        """Abort the open transaction (waiting out an outage). If even that fails the worker stops:
+        nothing of the batch was committed, so a restart loses and repeats nothing."""
+        if not self.open:
+            return
+        try:
+            self._fatal_guard(lambda: self.retry("aborting the transaction", self.producer.abort_transaction))
+        except KafkaError as exc:
+            raise WorkerError(f"aborting the transaction failed ({exc!r}): restart the worker; the batch was "
+                              "not committed") from exc
+        self.open = False
+
+    def send_alone(self, out: Outgoing) -> Any:
+        """A send outside the batch protocol (a snapshot at shutdown), in a transaction of its own."""
+        self.begin()
+        future = self.send(out)
+        self.commit({}, [])
+        return future
+
+    def close(self) -> None:
+        if self.open:
+            self.abort()
+        self.producer.close(timeout=5)
+
+    def _fatal_guard(self, call: Callable[[], T]) -> T:
+        try:
+            return call()
+        except (ProducerFencedError, TransactionalIdAuthorizationFailedError, AuthorizationError) as exc:
+            raise WorkerError(f"transactional id {self.transactional_id!r} cannot write: {exc!r} (another worker "
+                              "with the same AE_KAFKA__INSTANCE_ID is running, or an ACL is missing)") from exc
+
+
+def make_delivery(k: KafkaSettings, consumer: Any, retry: Callable[[str, Callable[[], Any]], Any],
+                  **producer: Any) -> AtLeastOnce | ExactlyOnce:
+    mode = ExactlyOnce if k.exactly_once else AtLeastOnce
+    return mode(k, consumer, retry, **producer)
