@@ -36,8 +36,8 @@ def settings(bootstrap: str, prefix: str, *, detector: dict | None = None, servi
                          service={"metrics_port": 0, "idle_timeout": 5, **(service or {})})
 
 
-def read_topic(bootstrap: str, topic: str) -> list[Any]:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+def read_topic(bootstrap: str, topic: str, isolation_level: str = "read_uncommitted") -> list[Any]:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level=isolation_level)
     try:
         tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
         consumer.assign(tps)
@@ -194,8 +194,8 @@ def test_malformed_events_go_to_the_dead_letter_topic(kafka: str, topic_prefix: 
     assert b"unknown channel 'c'" in dict(by_kind["unknown_channel"][0].headers)["ae-error"]
 
 
-def run_cli(args: list[str], **popen: Any) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def run_cli(args: list[str], env: dict[str, str] | None = None, **popen: Any) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.Popen([sys.executable, "-m", "worker", *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
 

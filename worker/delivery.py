@@ -26,6 +26,7 @@ from kafka.errors import (
     AuthorizationError,
     CommitFailedError,
     KafkaError,
+    KafkaTimeoutError,
     ProducerFencedError,
     TransactionalIdAuthorizationFailedError,
 )
@@ -38,9 +39,12 @@ from worker.settings import KafkaSettings
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+Retry = Callable[[str, Callable[[], Any]], Any]  # (what, call): call until it gets through
+Waiting = Callable[[str, BaseException], None]  # (what, error): told while an outage holds things up
 
 RETRY_FIRST_S = 0.5
 RETRY_MAX_S = 8.0
+FLUSH_CHECK_S = 1.0  # a flush still waiting after this long is reported as an outage, then waited on
 
 
 class PublishError(WorkerError):
@@ -56,8 +60,7 @@ def retriable(exc: BaseException) -> bool:
     return isinstance(exc, KafkaError) and bool(getattr(exc, "retriable", False))
 
 
-def patiently(what: str, call: Callable[[], T], stop: threading.Event,
-              waiting: Callable[[str, BaseException], None]) -> T:
+def patiently(what: str, call: Callable[[], T], stop: threading.Event, waiting: Waiting) -> T:
     """``call()`` until it succeeds, waiting out retriable broker errors with exponential backoff
     (``waiting`` is told each time: readiness, metrics, a log line). Other errors, and any error
     once ``stop`` is set, are raised."""
@@ -78,10 +81,10 @@ class AtLeastOnce:
 
     exactly_once = False
 
-    def __init__(self, k: KafkaSettings, consumer: Any, retry: Callable[[str, Callable[[], Any]], Any],
-                 **producer: Any) -> None:
+    def __init__(self, k: KafkaSettings, consumer: Any, retry: Retry, waiting: Waiting, **producer: Any) -> None:
         self.consumer = consumer
         self.retry = retry
+        self.waiting = waiting
         self.producer = make_producer(k, **producer)
 
     def begin(self) -> None:
@@ -93,12 +96,14 @@ class AtLeastOnce:
     def published(self, sends: list[Any], what: str) -> None:
         """Block until every send is acknowledged. The producer retries through an outage for
         ``delivery_timeout_ms``; a batch still unsent after that is failed and processed again."""
-        try:
-            self.producer.flush()
-        except KafkaError as exc:
-            if retriable(exc):
-                raise BatchFailed(f"flushing {what}: {exc!r}") from exc
-            raise PublishError(f"flushing {what} failed, offsets not committed: {exc!r}") from exc
+        while True:
+            try:
+                self.producer.flush(timeout=FLUSH_CHECK_S)
+                break
+            except KafkaTimeoutError as exc:  # still retrying: an outage (the worker reports not ready)
+                self.waiting(f"publishing {what}", exc)
+            except KafkaError as exc:
+                raise PublishError(f"flushing {what} failed, offsets not committed: {exc!r}") from exc
         failed = [f.exception for f in sends if f.failed()]
         if any(not retriable(e) for e in failed):
             first = next(e for e in failed if not retriable(e))
@@ -137,8 +142,7 @@ class ExactlyOnce:
 
     exactly_once = True
 
-    def __init__(self, k: KafkaSettings, consumer: Any, retry: Callable[[str, Callable[[], Any]], Any],
-                 **producer: Any) -> None:
+    def __init__(self, k: KafkaSettings, consumer: Any, retry: Retry, waiting: Waiting, **producer: Any) -> None:
         self.consumer = consumer
         self.retry = retry
         # A stable id (the instance id) lets a restarted worker abort its predecessor's open
@@ -215,7 +219,7 @@ class ExactlyOnce:
                               "with the same AE_KAFKA__INSTANCE_ID is running, or an ACL is missing)") from exc
 
 
-def make_delivery(k: KafkaSettings, consumer: Any, retry: Callable[[str, Callable[[], Any]], Any],
+def make_delivery(k: KafkaSettings, consumer: Any, retry: Retry, waiting: Waiting,
                   **producer: Any) -> AtLeastOnce | ExactlyOnce:
     mode = ExactlyOnce if k.exactly_once else AtLeastOnce
-    return mode(k, consumer, retry, **producer)
+    return mode(k, consumer, retry, waiting, **producer)

@@ -22,7 +22,9 @@ class TopicMissingError(WorkerError):
 def connection_config(k: KafkaSettings) -> dict[str, Any]:
     """Bootstrap and security settings shared by every client; secrets unwrapped only here."""
     config: dict[str, Any] = {"bootstrap_servers": k.bootstrap_servers.split(","),
-                              "security_protocol": k.security_protocol, "client_id": k.client_id}
+                              "security_protocol": k.security_protocol, "client_id": k.client_id,
+                              # after an outage, reconnect within 2 s (kafka-python backs off up to 30 s)
+                              "reconnect_backoff_max_ms": 2000}
     if k.sasl_mechanism:
         config["sasl_mechanism"] = k.sasl_mechanism
         config["sasl_plain_username"] = k.sasl_username

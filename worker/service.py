@@ -111,7 +111,8 @@ class Worker:
         self.store.ensure_topic()
         try:
             self._consumer = make_consumer(k)
-            self.delivery = make_delivery(k, self._consumer, self._retry, max_request_size=SNAPSHOT_MAX_BYTES)
+            self.delivery = make_delivery(k, self._consumer, self._retry, self._waiting,
+                                          max_request_size=SNAPSHOT_MAX_BYTES)
             self._consumer.subscribe(list(k.input_topics), listener=_Rebalance(self))
             logger.info("consuming %s as group %r (%s); anomalies -> %s, dead letters -> %s",
                         ",".join(k.input_topics), k.group_id, "exactly once" if k.exactly_once else "at least once",
@@ -222,6 +223,9 @@ class Worker:
             return
         if committed:
             self._committed.update({tp: om.offset for tp, om in commits.items()})
+        else:  # published but the commit was refused: a snapshot tells the next owner what is out
+            saved = [self.delivery.send(out) for out in (self._snapshot(tp, force=True) for tp in commits) if out]
+            self.delivery.published(saved, "snapshots")
         for tp, outcome in outcomes.items():
             self._count(tp, outcome)
         self.stats.batches += 1
