@@ -4,13 +4,16 @@
     python bench/kafka_throughput.py [--bootstrap 127.0.0.1:9092] [--events 200000] [--features 8]
 
 Fills a fresh one-partition topic with simulated events, then reads it twice from the start:
-a bare KafkaConsumer poll loop (no parsing), and ``ae-worker run`` (parse, validate, score,
-learn, publish anomalies, commit). Prints both rates, their ratio, and p50/p99 batch latency.
+a bare KafkaConsumer poll loop (no parsing), then ``ae-worker run`` (parse, validate, score,
+learn, publish anomalies, commit) at least once and exactly once (one transaction per batch).
+Prints the rates, their ratios, p50/p99 batch latency, and the size and serialisation time of
+one partition snapshot.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import uuid
@@ -25,9 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kafka import KafkaConsumer, KafkaProducer  # noqa: E402
 
+from ae_core import AutoencoderDetector  # noqa: E402
+from ae_core.checkpoint import dumps, loads_with_metadata  # noqa: E402
 from worker.kafka_io import ensure_topics  # noqa: E402
 from worker.service import Worker  # noqa: E402
-from worker.settings import load_settings  # noqa: E402
+from worker.settings import Settings, load_settings  # noqa: E402
 from worker.simulate import channel_names, simulate  # noqa: E402
 
 
@@ -81,6 +86,19 @@ def main() -> None:
     X, _, _ = simulate(args.events, args.features, seed=0, anomaly_every=args.anomaly_every)
     fill(args.bootstrap, topic, X)
     bare = bare_rate(args.bootstrap, topic, args.events, args.max_poll_records)
+    print(f"events: {args.events}  features: {args.features}  max_poll_records: {args.max_poll_records}  "
+          f"cores: {os.cpu_count()}")
+    print(f"bare kafka-python consume : {bare:>10,.0f} events/s")
+    rates = {}
+    for mode in ("at least once", "exactly once"):
+        kafka = settings.kafka.model_copy(update={"group_id": f"{topic}-{mode.replace(' ', '-')}",
+                                                  "exactly_once": mode == "exactly once"})
+        rates[mode] = run_worker(settings.model_copy(update={"kafka": kafka}), mode, bare)
+    print(f"exactly once / at least once: {rates['exactly once'] / rates['at least once']:.2f}")
+    snapshot_cost(settings, X)
+
+
+def run_worker(settings: Settings, mode: str, bare: float) -> float:
     worker = Worker(settings)
     stats = worker.run()
     # like the bare consumer's clock: from the first poll that brought events to the last commit
@@ -88,14 +106,26 @@ def main() -> None:
     rate = stats.events / span
     busy = sum(worker.batch_latencies)
     lat = np.array(worker.batch_latencies) * 1000
-    print(f"events: {stats.events}  features: {args.features}  max_poll_records: {args.max_poll_records}  "
-          f"anomalies: {stats.anomalies} ({100 * stats.anomalies / stats.events:.1f}%)")
-    print(f"bare kafka-python consume : {bare:>10,.0f} events/s")
-    print(f"ae-worker run             : {rate:>10,.0f} events/s   ratio {rate / bare:.2f}")
-    print(f"time in batches (parse, score, learn, publish, commit): {100 * busy / span:.0f}%, "
-          f"in poll: {100 * (1 - busy / span):.0f}%")
-    print(f"batch latency p50 {np.percentile(lat, 50):.1f} ms  p99 {np.percentile(lat, 99):.1f} ms  "
+    print(f"ae-worker run, {mode:<13}: {rate:>10,.0f} events/s   ratio to bare {rate / bare:.2f}   "
+          f"anomalies {stats.anomalies} ({100 * stats.anomalies / stats.events:.1f}%)")
+    print(f"    time in batches (parse, score, learn, publish, commit): {100 * busy / span:.0f}%; "
+          f"batch latency p50 {np.percentile(lat, 50):.1f} ms  p99 {np.percentile(lat, 99):.1f} ms  "
           f"({stats.batches} batches of {stats.events / stats.batches:.0f} events)")
+    return rate
+
+
+def snapshot_cost(settings: Settings, X: np.ndarray) -> None:
+    """Size and serialisation time of one partition's snapshot after the run's events."""
+    det = AutoencoderDetector(settings.detector.to_config(X.shape[1], channel_names(X.shape[1])))
+    det.process_many(X)
+    started = time.perf_counter()
+    blob = dumps(det, {"next_offset": len(X)})
+    took = time.perf_counter() - started
+    started = time.perf_counter()
+    loads_with_metadata(blob)
+    back = time.perf_counter() - started
+    print(f"snapshot of one partition: {len(blob) / 1024:,.0f} KiB, written in {took * 1000:.1f} ms, "
+          f"read in {back * 1000:.1f} ms")
 
 
 if __name__ == "__main__":

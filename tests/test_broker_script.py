@@ -45,3 +45,23 @@ def test_stop_and_start_keep_the_data(tmp_path: Path, kafka: str) -> None:
     finally:
         broker("down")
     assert not (tmp_path / "kafka" / "data").exists()
+
+
+def test_the_console_consumer_reads_only_committed_transactions(kafka: str, topic_prefix: str) -> None:
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    topic = f"{topic_prefix}-console"
+    admin = KafkaAdminClient(bootstrap_servers=kafka)
+    admin.create_topics([NewTopic(topic, 1, 1)])
+    admin.close()
+    producer = KafkaProducer(bootstrap_servers=kafka, transactional_id=f"{topic_prefix}-tx")
+    producer.init_transactions()
+    for value, commit in ((b"kept", True), (b"aborted", False)):
+        producer.begin_transaction()
+        producer.send(topic, value)
+        producer.commit_transaction() if commit else producer.abort_transaction()
+    producer.close()
+    env = {**os.environ, "AE_KAFKA_PORT": kafka.rsplit(":", 1)[1]}
+    done = subprocess.run([SCRIPT, "consume", topic, "--from-beginning", "--isolation-level", "read_committed",
+                           "--timeout-ms", "10000"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.stdout.split() == ["kept"], done.stderr[-2000:]

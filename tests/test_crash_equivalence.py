@@ -167,17 +167,19 @@ def test_two_workers_one_killed_repeatedly_publish_each_record_once(kafka: str, 
     feeder = threading.Thread(target=feed, args=(kafka, f"{topic_prefix}-in", X, 800.0))
     feeder.start()
     env = {"AE_SERVICE__SNAPSHOT_INTERVAL": "1"}
+    log = (tmp_path / "steady.log").open("w")  # a file: a pipe nobody reads for a minute could fill and stall it
     steady = run_cli([*cli_args(kafka, topic_prefix, "--instance-id", "steady", "--state-dir", str(tmp_path / "s")),
-                      "--idle-timeout", "8"], env=env)
+                      "--idle-timeout", "8"], env=env, stderr=log)
     try:
         # the other worker, with no state dir, joins and dies repeatedly: partitions move between them
         kill_repeatedly(kafka, topic_prefix, cli_args(kafka, topic_prefix, "--instance-id", "flaky"), kills=3,
                         partitions=partitions, seed=22, env=env)
         feeder.join(timeout=120)
-        _, err = steady.communicate(timeout=300)
+        steady.communicate(timeout=300)
     finally:
         steady.kill()
-    assert steady.returncode == 0, err[-3000:]
+        log.close()
+    assert steady.returncode == 0, (tmp_path / "steady.log").read_text()[-3000:]
     assert_lag_zero(kafka, f"{topic_prefix}-group", f"{topic_prefix}-in", partitions)
     published = published_records(kafka, f"{topic_prefix}-out")
     assert len(published) == len(set(published))

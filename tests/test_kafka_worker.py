@@ -197,7 +197,7 @@ def test_malformed_events_go_to_the_dead_letter_topic(kafka: str, topic_prefix: 
 def run_cli(args: list[str], env: dict[str, str] | None = None, **popen: Any) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.Popen([sys.executable, "-m", "worker", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+                            **{"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, **popen})
 
 
 def test_sigterm_commits_and_a_restart_continues_without_gap(kafka: str, topic_prefix: str, tmp_path: Path) -> None:

@@ -5,6 +5,8 @@
 #   scripts/kafka/broker.sh stop     stop it, keeping its data (topics, offsets) for `start`
 #   scripts/kafka/broker.sh start    start the stopped broker on its kept data (or `up` when there is none)
 #   scripts/kafka/broker.sh status
+#   scripts/kafka/broker.sh consume TOPIC [console consumer flags]   Kafka's console consumer on this broker,
+#       e.g. consume anomalies --from-beginning --isolation-level read_committed --property print.key=true
 # Settings: AE_KAFKA_PORT (9092; the controller listens on the next port), AE_KAFKA_HOME (.kafka in
 # the project: config, data, log, pid), AE_KAFKA_LIBS (jar cache shared between checkouts).
 set -euo pipefail
@@ -19,12 +21,22 @@ libs="${AE_KAFKA_LIBS:-$HOME/.cache/ae-worker/kafka-$version/libs}"
 pidfile="$home/broker.pid"
 
 fetch() {
-  if [ -f "$libs/.complete" ]; then return; fi
+  # the marker names the pom's digest: a changed dependency list fetches again
+  local marker="$libs/.complete-$(sha256sum "$here/pom.xml" | cut -c1-16)"
+  if [ -f "$marker" ]; then return; fi
   echo "fetching Apache Kafka $version and its dependencies from Maven Central into $libs" >&2
   mkdir -p "$libs"
   mvn -q -B -f "$here/pom.xml" dependency:copy-dependencies \
     -DoutputDirectory="$libs" -DincludeScope=runtime >&2
-  touch "$libs/.complete"
+  touch "$marker"
+}
+
+consume() {
+  [ $# -ge 1 ] || { echo "usage: $0 consume TOPIC [console consumer flags]" >&2; exit 2; }
+  fetch
+  local topic="$1"; shift
+  java -cp "$libs/*" -Dorg.slf4j.simpleLogger.defaultLogLevel=warn org.apache.kafka.tools.consumer.ConsoleConsumer \
+    --bootstrap-server "127.0.0.1:$port" --topic "$topic" "$@"
 }
 
 running() { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
@@ -117,5 +129,6 @@ case "${1:-}" in
   stop) stop ;;
   status) if running; then echo "running (pid $(cat "$pidfile")) on 127.0.0.1:$port"; else echo "not running"; exit 1; fi ;;
   fetch) fetch ;;
-  *) echo "usage: $0 up|down|start|stop|status|fetch" >&2; exit 2 ;;
+  consume) shift; consume "$@" ;;
+  *) echo "usage: $0 up|down|start|stop|status|fetch|consume TOPIC [flags]" >&2; exit 2 ;;
 esac
