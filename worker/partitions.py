@@ -1,0 +1,200 @@
+"""The partitions a worker owns: their detectors, channels, restoration and rebuilds.
+
+A partition arrives (assigned, or rewound after a failed batch) paused; the loop restores it
+(:meth:`Partitions.restore_arrived`): the latest snapshot from :class:`StateStore`, then a seek
+back when the group's committed offset is ahead of it, so the events in between rebuild the
+detector without publishing (:meth:`Partitions.live_from`). Without configured channels, a
+partition's first events are held until they fix its channels by majority.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from kafka import TopicPartition
+
+from ae_core import AutoencoderDetector
+from worker.errors import SettingsError, WorkerError
+from worker.events import EventParser, infer_channels
+from worker.observability import Metrics
+from worker.outputs import Outgoing
+from worker.partition_state import PartitionState, Snapshot, StateStore
+from worker.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+# Without configured channels, a partition whose first events hold fewer valid ones than
+# schema_sample is decided from what it has after this many times schema_sample events.
+SCHEMA_PATIENCE = 8
+
+
+class Partitions:
+    """Per-partition state of one worker; the consumer is used for seeks, pauses and commits read."""
+
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.store = StateStore(settings, metrics)
+        self.consumer: Any = None
+        self.states: dict[TopicPartition, PartitionState] = {}
+        self.parsers: dict[TopicPartition, EventParser] = {}
+        self.assigned: set[TopicPartition] = set()
+        self.committed: dict[TopicPartition, int] = {}  # next offset committed, per owned partition
+        self.arrived: set[TopicPartition] = set()  # assigned (or rewound), paused until restored
+        self.held: dict[TopicPartition, list[Any]] = {}  # events waiting for their channels
+        # Partitions being rebuilt: events before this offset were published by an earlier owner;
+        # they are processed again to rebuild the detector, and nothing is published for them.
+        self.rebuild_until: dict[TopicPartition, int] = {}
+
+    # -- ownership --------------------------------------------------------------------------------
+    def take(self, tps: list[TopicPartition]) -> None:
+        """Partitions assigned. kafka-python forbids blocking calls in its rebalance callbacks, so
+        they are paused here and restored by the loop."""
+        arrived = [tp for tp in tps if tp not in self.states]
+        self.arrived |= set(arrived)
+        if arrived:
+            self.consumer.pause(*arrived)
+        self.assigned |= set(tps)
+        self.metrics.assigned.set(len(self.assigned))
+
+    def release(self, tps: list[TopicPartition], save: bool) -> list[Outgoing]:
+        """Partitions revoked: forget them. Returns their snapshots when ``save`` and at least once
+        (exactly once, sends belong in a transaction: the next owner rebuilds from the last one)."""
+        saved = []
+        for tp in tps:
+            if save and not self.settings.kafka.exactly_once:
+                out = self.snapshot(tp, force=True)
+                if out is not None:
+                    saved.append(out)
+            for table in (self.states, self.parsers, self.committed, self.rebuild_until, self.held):
+                table.pop(tp, None)
+            self.arrived.discard(tp)
+        self.assigned -= set(tps)
+        self.metrics.assigned.set(len(self.assigned))
+        return saved
+
+    def rewind(self, first: dict[TopicPartition, int]) -> None:
+        """A batch failed: forget what it did to its partitions' detectors, fetch it again and
+        restore those partitions as if just assigned (snapshot, then rebuild up to the commit)."""
+        for tp, offset in first.items():
+            self.states.pop(tp, None)
+            self.held.pop(tp, None)
+            self.rebuild_until.pop(tp, None)
+            if tp in self.assigned:
+                self.consumer.seek(tp, offset)
+                self.consumer.pause(tp)
+                self.arrived.add(tp)
+
+    def first_offset(self, tp: TopicPartition, messages: list[Any]) -> int:
+        """Where a batch of ``tp`` begins, held events included: where a rewind fetches from."""
+        return (self.held.get(tp) or messages)[0].offset
+
+    # -- restoring --------------------------------------------------------------------------------
+    def restore_arrived(self) -> None:
+        """Restore the latest snapshots of arrived partitions, plan their rebuilds, and let them
+        be fetched. Nothing changes unless every broker call succeeds (the caller retries)."""
+        arrived = sorted(self.arrived & self.assigned, key=lambda tp: (tp.topic, tp.partition))
+        committed = {tp: self.consumer.committed(tp) for tp in arrived}
+        snapshots = self.store.latest(arrived, committed, self.settings.kafka.exactly_once)
+        for tp in arrived:
+            self.states.pop(tp, None)
+            self.parsers.pop(tp, None)
+            if tp in snapshots:
+                self._adopt(tp, snapshots[tp])
+            self._plan_rebuild(tp, committed[tp])
+            self.consumer.resume(tp)
+        self.arrived.clear()
+
+    def _adopt(self, tp: TopicPartition, snap: Snapshot) -> None:
+        det = snap.detector
+        parser = self.parser(tp)
+        if parser.channels is not None and parser.channels != det.config.names:
+            raise WorkerError(f"{snap.source} was built for channels {', '.join(det.config.names)}, "
+                              f"not {', '.join(parser.channels)}: move it away to start afresh")
+        parser.channels = det.config.names
+        wanted = self.settings.detector.to_config(len(det.config.names), det.config.names)
+        changed = sorted(k for k, v in wanted.to_dict().items() if det.config.to_dict()[k] != v)
+        if changed:
+            logger.warning("%s keeps its saved detector settings; these differ from the current ones: %s",
+                           snap.source, ", ".join(changed))
+        self.states[tp] = PartitionState(det, snap.next_offset, time.monotonic())
+        logger.info("restored detector of %s-%d from %s (%d events seen, next offset %d)", tp.topic, tp.partition,
+                    snap.source, det.events_seen, snap.next_offset)
+
+    def _plan_rebuild(self, tp: TopicPartition, committed: int | None) -> None:
+        """Seek back to where the restored state (or the partition) begins when the group's committed
+        offset is ahead of it: those events rebuild the detector and publish nothing."""
+        if committed is None:
+            return
+        state = self.states.get(tp)
+        start = state.next_offset if state is not None else self.consumer.beginning_offsets([tp])[tp]
+        if start < committed:
+            self.consumer.seek(tp, start)
+            self.rebuild_until[tp] = committed
+            logger.info("rebuilding the detector of %s-%d from offset %d up to the committed %d, publishing nothing",
+                        tp.topic, tp.partition, start, committed)
+
+    def live_from(self, tp: TopicPartition, messages: list[Any]) -> int:
+        """The first offset of ``tp`` to publish for; ends the rebuild when ``messages`` reach it."""
+        live_from = self.rebuild_until.get(tp, -1)
+        if messages and messages[-1].offset + 1 >= live_from >= 0:
+            del self.rebuild_until[tp]
+            logger.info("rebuilt the detector of %s-%d up to offset %d: publishing again", tp.topic, tp.partition,
+                        live_from)
+        return live_from
+
+    # -- channels and detectors -------------------------------------------------------------------
+    def parser(self, tp: TopicPartition) -> EventParser:
+        parser = self.parsers.get(tp)
+        if parser is None:
+            e = self.settings.events
+            parser = self.parsers[tp] = EventParser(e.channels, e.allow_unknown_channels, e.max_event_bytes)
+        return parser
+
+    def hold_until_channels_known(self, tp: TopicPartition, messages: list[Any]) -> list[Any] | None:
+        """Without configured channels, a partition's first ``schema_sample`` valid events fix them
+        by majority. Events before that decision are held, uncommitted (None: still holding), then
+        returned to be processed with it; a restart holds and decides the same events again."""
+        parser = self.parser(tp)
+        if parser.channels is not None:
+            return messages
+        held = self.held.setdefault(tp, [])
+        held.extend(messages)
+        e = self.settings.events
+        channels, valid = infer_channels([m.value for m in held], e.max_event_bytes)
+        if valid < e.schema_sample and len(held) < SCHEMA_PATIENCE * e.schema_sample:
+            if len(held) == len(messages):  # the first of them
+                logger.info("%s-%d: holding events until %d valid ones fix the channels (or set AE_EVENTS__CHANNELS)",
+                            tp.topic, tp.partition, e.schema_sample)
+            return None
+        del self.held[tp]
+        if channels is not None:
+            parser.channels = channels
+            logger.info("%s-%d: channels %s, from %d of its first valid events", tp.topic, tp.partition,
+                        ", ".join(channels), valid)
+        return held  # without a valid event among them, every one is dead-lettered
+
+    def state(self, tp: TopicPartition) -> PartitionState:
+        state = self.states.get(tp)
+        if state is None:
+            channels = self.parser(tp).channels
+            assert channels is not None, "a partition's channels are known before its first valid event"
+            try:
+                config = self.settings.detector.to_config(len(channels), channels)
+            except SettingsError as exc:
+                raise SettingsError(f"the events of {tp.topic}-{tp.partition} carry {len(channels)} channel(s) "
+                                    f"({', '.join(channels)}): {exc}") from exc
+            state = self.states[tp] = PartitionState(AutoencoderDetector(config))
+        return state
+
+    def snapshot(self, tp: TopicPartition, force: bool = False) -> Outgoing | None:
+        """A partition's snapshot record when due (or forced), else None. Mid-rebuild a detector is
+        behind the committed offset: the last snapshot is kept."""
+        state = self.states.get(tp)
+        if state is None or tp in self.rebuild_until:
+            return None
+        if not force and time.monotonic() - state.saved_at < self.settings.service.snapshot_interval:
+            return None
+        return self.store.snapshot(tp, state)
