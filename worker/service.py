@@ -79,6 +79,7 @@ class Worker:
         self.delivery: Any = None
         self.health: HealthServer | None = None
         self._unpublished = False  # a batch's outputs are not yet confirmed by the broker
+        self._in_batch = False  # a batch was begun and neither completed nor rewound
         self._waiting_for: str | None = None  # the broker call an outage is holding up
 
     def assignment(self) -> set[TopicPartition]:
@@ -156,7 +157,9 @@ class Worker:
         fails, and a failure here is logged rather than raised, so it never hides the error that
         stopped the loop."""
         steps: list[tuple[str, Callable[[], Any]]] = []
-        if self.delivery is not None and self.states:
+        if self.delivery is not None and self.states and not self._in_batch:
+            # (after an error mid-batch the detectors may be ahead of what was committed: the
+            # next owner restores the last snapshot and rebuilds instead)
             steps.append(("saving the partition states", self._save_all))
         if self._consumer is not None:
             steps.append(("closing the consumer", lambda: self._consumer.close(autocommit=False)))
@@ -195,7 +198,7 @@ class Worker:
         parts = self.partitions
         batch = {tp: messages for tp, messages in records.items() if messages and tp not in parts.arrived}
         first = {tp: parts.first_offset(tp, messages) for tp, messages in batch.items()}
-        self._unpublished = True
+        self._unpublished = self._in_batch = True
         self.delivery.begin()
         try:
             outcomes = {tp: self._process_partition(tp, messages) for tp, messages in batch.items()}
@@ -209,7 +212,7 @@ class Worker:
             logger.warning("batch failed (%s): processing it again from the last committed state", exc)
             self.delivery.abort()
             parts.rewind(first)
-            self._unpublished = False
+            self._unpublished = self._in_batch = False
             self.stats.failed_batches += 1
             self.metrics.failed_batches.inc()
             return
@@ -218,6 +221,7 @@ class Worker:
         else:  # published but the commit was refused: a snapshot tells the next owner what is out
             saved = [self.delivery.send(out) for out in (self._snapshot(tp, force=True) for tp in commits) if out]
             self.delivery.published(saved, "snapshots")
+        self._in_batch = False
         for tp, outcome in outcomes.items():
             self._count(tp, outcome)
         self.stats.batches += 1
