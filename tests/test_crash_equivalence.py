@@ -186,8 +186,9 @@ def test_two_workers_one_killed_repeatedly_publish_each_record_once(kafka: str, 
     assert published == expected_records(X, settings(kafka, topic_prefix)) and published
 
 
+@pytest.mark.parametrize("exactly_once", [False, True], ids=["at-least-once", "exactly-once"])
 def test_a_broker_outage_of_20_seconds_is_ridden_out_with_the_same_output(tmp_path: Path, kafka: str,
-                                                                        topic_prefix: str) -> None:
+                                                                        topic_prefix: str, exactly_once: bool) -> None:
     # a broker of its own (the jars come with the shared one), stopped and started keeping its data
     port = broker_port()
     env = {**os.environ, "AE_KAFKA_PORT": str(port), "AE_KAFKA_HOME": str(tmp_path / "kafka")}
@@ -205,7 +206,7 @@ def test_a_broker_outage_of_20_seconds_is_ridden_out_with_the_same_output(tmp_pa
         X = stream(1, 6000, seed=23)
         feed(bootstrap, f"{topic_prefix}-in", X[:4000], rate=0)
         metrics_port = free_port()
-        s = settings(bootstrap, topic_prefix, max_poll_records=10,
+        s = settings(bootstrap, topic_prefix, max_poll_records=10, exactly_once=exactly_once, instance_id="w1",
                      service={"idle_timeout": 15, "metrics_port": metrics_port, "snapshot_interval": 1})
         worker = Worker(s)
         worker_thread = threading.Thread(target=worker.run)

@@ -20,6 +20,8 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, TypeVar
 
 from kafka.errors import (
@@ -44,7 +46,7 @@ Waiting = Callable[[str, BaseException], None]  # (what, error): told while an o
 
 RETRY_FIRST_S = 0.5
 RETRY_MAX_S = 8.0
-FLUSH_CHECK_S = 1.0  # a flush still waiting after this long is reported as an outage, then waited on
+FLUSH_CHECK_S = 1.0  # a broker call still waiting after this long is reported as an outage, then waited on
 
 
 class PublishError(WorkerError):
@@ -76,8 +78,8 @@ def patiently(what: str, call: Callable[[], T], stop: threading.Event, waiting: 
             delay = min(2 * delay, RETRY_MAX_S)
 
 
-class AtLeastOnce:
-    """Flush the outputs, then the snapshots, then commit the offsets."""
+class _Delivery:
+    """What both modes share: the producer, sends, and a flush that reports an outage it waits on."""
 
     exactly_once = False
 
@@ -87,23 +89,33 @@ class AtLeastOnce:
         self.waiting = waiting
         self.producer = make_producer(k, **producer)
 
-    def begin(self) -> None:
-        """Nothing to open: each send stands alone."""
-
     def send(self, out: Outgoing) -> Any:
         return self.producer.send(out.topic, key=out.key, value=out.value, headers=out.headers)
+
+    def flush(self, what: str) -> None:
+        """Block until every send is done; while the producer is still retrying (an outage) the
+        worker is told each second, so it reports not ready. A flush error is raised."""
+        while True:
+            try:
+                self.producer.flush(timeout=FLUSH_CHECK_S)
+                return
+            except KafkaTimeoutError as exc:
+                self.waiting(f"publishing {what}", exc)
+
+
+class AtLeastOnce(_Delivery):
+    """Flush the outputs, then the snapshots, then commit the offsets."""
+
+    def begin(self) -> None:
+        """Nothing to open: each send stands alone."""
 
     def published(self, sends: list[Any], what: str) -> None:
         """Block until every send is acknowledged. The producer retries through an outage for
         ``delivery_timeout_ms``; a batch still unsent after that is failed and processed again."""
-        while True:
-            try:
-                self.producer.flush(timeout=FLUSH_CHECK_S)
-                break
-            except KafkaTimeoutError as exc:  # still retrying: an outage (the worker reports not ready)
-                self.waiting(f"publishing {what}", exc)
-            except KafkaError as exc:
-                raise PublishError(f"flushing {what} failed, offsets not committed: {exc!r}") from exc
+        try:
+            self.flush(what)
+        except KafkaError as exc:
+            raise PublishError(f"flushing {what} failed, offsets not committed: {exc!r}") from exc
         failed = [f.exception for f in sends if f.failed()]
         if any(not retriable(e) for e in failed):
             first = next(e for e in failed if not retriable(e))
@@ -129,29 +141,26 @@ class AtLeastOnce:
     def abort(self) -> None:
         """Sent records cannot be taken back: the batch is processed again (at least once)."""
 
-    def send_alone(self, out: Outgoing) -> Any:
-        return self.send(out)
-
     def close(self) -> None:
         self.producer.flush()
         self.producer.close(timeout=5)
 
 
-class ExactlyOnce:
+class ExactlyOnce(_Delivery):
     """One transaction per batch: outputs, snapshots and consumed offsets commit together."""
 
     exactly_once = True
 
     def __init__(self, k: KafkaSettings, consumer: Any, retry: Retry, waiting: Waiting, **producer: Any) -> None:
-        self.consumer = consumer
-        self.retry = retry
         # A stable id (the instance id) lets a restarted worker abort its predecessor's open
         # transaction at once; without one, readers wait for transaction_timeout_ms after a crash.
-        suffix = k.instance_id or uuid.uuid4().hex
-        self.transactional_id = f"{k.group_id}-{suffix}"
-        self.producer = make_producer(k, transactional_id=self.transactional_id,
-                                      transaction_timeout_ms=k.transaction_timeout_ms, **producer)
+        self.transactional_id = f"{k.group_id}-{k.instance_id or uuid.uuid4().hex}"
+        super().__init__(k, consumer, retry, waiting, transactional_id=self.transactional_id,
+                         transaction_timeout_ms=k.transaction_timeout_ms, **producer)
         self.retry("initialising transactions", self.producer.init_transactions)
+        # kafka-python's transactional calls wait without a timeout: they run on this thread while
+        # the loop's thread reports each second that an outage is holding the batch up
+        self.calls = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ae-transaction")
         self.open = False
         self.sends: list[Any] = []
 
@@ -160,9 +169,6 @@ class ExactlyOnce:
             self._fatal_guard(self.producer.begin_transaction)
             self.open = True
 
-    def send(self, out: Outgoing) -> Any:
-        return self.producer.send(out.topic, key=out.key, value=out.value, headers=out.headers)
-
     def published(self, sends: list[Any], what: str) -> None:
         """Nothing to wait for: the transaction's commit confirms every send (kept to tell, if it
         fails, a record the broker refuses for good from an outage)."""
@@ -170,10 +176,11 @@ class ExactlyOnce:
 
     def commit(self, offsets: dict[TopicPartition, OffsetAndMetadata], snapshots: list[Any]) -> bool:
         try:
+            self.flush("the transaction's records")  # an outage is reported (not ready) while it waits
             if offsets:
                 metadata = self.consumer.group_metadata()
-                self._fatal_guard(lambda: self.producer.send_offsets_to_transaction(offsets, metadata))
-            self._fatal_guard(self.producer.commit_transaction)
+                self._waited("committing offsets", lambda: self.producer.send_offsets_to_transaction(offsets, metadata))
+            self._waited("committing the transaction", self.producer.commit_transaction)
         except WorkerError:
             raise
         except KafkaError as exc:  # the transaction stays open: the worker aborts it and rewinds
@@ -193,23 +200,26 @@ class ExactlyOnce:
         if not self.open:
             return
         try:
-            self._fatal_guard(lambda: self.retry("aborting the transaction", self.producer.abort_transaction))
+            self.retry("aborting the transaction",
+                       lambda: self._waited("aborting the transaction", self.producer.abort_transaction))
         except KafkaError as exc:
             raise WorkerError(f"aborting the transaction failed ({exc!r}): restart the worker; the batch was "
                               "not committed") from exc
         self.open = False
 
-    def send_alone(self, out: Outgoing) -> Any:
-        """A send outside the batch protocol (a snapshot at shutdown), in a transaction of its own."""
-        self.begin()
-        future = self.send(out)
-        self.commit({}, [])
-        return future
-
     def close(self) -> None:
         if self.open:
             self.abort()
+        self.calls.shutdown(wait=False)
         self.producer.close(timeout=5)
+
+    def _waited(self, what: str, call: Callable[[], T]) -> T:
+        future = self.calls.submit(self._fatal_guard, call)
+        while True:
+            try:
+                return future.result(timeout=FLUSH_CHECK_S)
+            except FutureTimeout:
+                self.waiting(what, KafkaTimeoutError("no answer from the broker yet"))
 
     def _fatal_guard(self, call: Callable[[], T]) -> T:
         try:
