@@ -168,13 +168,80 @@ def test_default_replay_runs_on_the_embedded_recording(tmp_path: Path, capsys) -
     assert "simulated recording" in captured.err and "anomalies:" in captured.out
 
 
-def test_a_recording_of_only_bad_rows_is_reported_not_crashed(tmp_path: Path, capsys) -> None:
+def test_a_recording_of_mostly_bad_rows_stops_with_a_hint(tmp_path: Path, capsys) -> None:
     src = tmp_path / "bad.csv"
     src.write_text("a,b\n" + "\n".join(["x,1", ",2", "nan,3"]) + "\n")
     out = tmp_path / "o.jsonl"
-    assert main(["replay", str(src), "-o", str(out)]) == 0
+    assert main(["replay", str(src), "-o", str(out)]) == 2
     assert [r["index"] for r in lines(out)] == [0, 1, 2] and all("invalid" in r for r in lines(out))
-    assert "invalid: 3" in capsys.readouterr().out
+    err = capsys.readouterr().err
+    assert "column 'a' is invalid in 3 of 3 rows" in err and "--ignore-columns a" in err
+
+
+def test_a_time_column_left_among_the_readings_is_named_in_the_hint(recording: Path, tmp_path: Path,
+                                                                    capsys) -> None:
+    # with another column said to be the time, 'timestamp' is taken for a reading: every row fails
+    assert main(["replay", str(recording), "-o", str(tmp_path / "o.jsonl"), "--time-column", "pump_pressure"]) == 2
+    err = capsys.readouterr().err
+    assert "column 'timestamp' is invalid in 3000 of 3000 rows: is it the time column? --time-column timestamp" in err
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_simulate_replay_evaluate_need_no_column_flags(tmp_path: Path, capsys, suffix: str) -> None:
+    src, out, png = tmp_path / f"sim{suffix}", tmp_path / "o.jsonl", tmp_path / "p.png"
+    assert main(["simulate", "-o", str(src), "--events", "1500", "--seed", "2"]) == 0
+    capsys.readouterr()
+    assert main(["replay", str(src), "-o", str(out), "--warmup", "300"]) == 0
+    err = capsys.readouterr().err
+    assert f"sim{suffix}: time 'timestamp', labels 'anomaly'; 8 reading column(s)" in err
+    rows = lines(out)
+    assert len(rows) == 1500 and not any("invalid" in r for r in rows)
+    assert rows[0]["time"] and "label" in rows[0]
+    assert all(c["channel"] != "anomaly" for r in rows[300:] for c in r["contributions"])  # no leak
+    assert main(["evaluate", str(src), "--warmup", "300", "--json", "--plot", str(png)]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["events"] == 1200 and metrics["positives"] > 0 and metrics["invalid"] == 0
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_column_named_label_is_the_labels_and_changepoint_is_left_out(tmp_path: Path, capsys) -> None:
+    src = tmp_path / "skab-like.csv"
+    rows = [f"2026-01-01 00:{i // 60:02d}:{i % 60:02d};{i % 5}.5;{(i * 7) % 3}.25;{int(i > 250)};{int(i == 251)}"
+            for i in range(300)]
+    src.write_text("datetime;a;b;Label;changepoint\n" + "\n".join(rows) + "\n")
+    assert main(["evaluate", str(src), "--warmup", "50", "--json"]) == 0  # the separator is found too
+    captured = capsys.readouterr()
+    assert ("separator ';', time 'datetime', labels 'Label', also left out: 'changepoint'; 2 reading column(s)"
+            in captured.err)
+    assert json.loads(captured.out)["positives"] == 49
+
+
+def test_evaluate_without_labels_is_a_clear_error(tmp_path: Path, capsys) -> None:
+    src = tmp_path / "plain.csv"
+    src.write_text("a,b\n" + "\n".join(f"{i},{2 * i}" for i in range(20)) + "\n")
+    assert main(["evaluate", str(src), "--plot", str(tmp_path / "p.png")]) == 2
+    assert "no label column" in capsys.readouterr().err
+
+
+def test_evaluate_plots_a_single_row(recording: Path, tmp_path: Path, capsys) -> None:
+    one = tmp_path / "one.csv"
+    one.write_text("\n".join(recording.read_text().splitlines()[:2]) + "\n")
+    png = tmp_path / "one.png"
+    assert main(["evaluate", str(one), "--plot", str(png), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["events"] == 0 and png.exists()
+
+
+def test_plots_take_scores_a_log_scale_cannot_show(tmp_path: Path) -> None:
+    import numpy as np
+
+    from worker.plotting import plot_replay
+
+    index = np.arange(4)
+    for score in (np.array([0.0, 1.0, 2.0, 0.5]), np.full(4, np.nan), np.array([-1.0, 0.0, np.nan, 3.0])):
+        plot_replay(tmp_path / "p.png", index, score, np.full(4, np.nan), np.zeros(4, bool), None, "edge")
+        assert (tmp_path / "p.png").stat().st_size > 1000
+    plot_replay(tmp_path / "e.png", index[:0], index[:0] * 1.0, index[:0] * 1.0, np.zeros(0, bool), None, "empty")
+    assert (tmp_path / "e.png").exists()
 
 
 def test_stress_stream_replays_with_one_alert_and_an_accepted_regime_change(tmp_path: Path, capsys) -> None:

@@ -11,15 +11,17 @@ from pathlib import Path
 import orjson
 
 from ae_core import load_detector, save_detector
+from worker.errors import InputFormatError
 from worker.evaluation import evaluate as quality
 from worker.pipeline import Replay, Trace
 from worker.plotting import plot_replay
+from worker.results import RunSummary
 from worker.settings import Settings
 from worker.simulate import simulate as make_recording
 from worker.simulate import stress as stress_stream
 from worker.simulate import write_recording
 from worker.sinks import JsonLinesSink, NullSink
-from worker.sources import Recording
+from worker.sources import LABEL_NAMES, TIME_NAMES, Recording
 
 logger = logging.getLogger(__name__)
 
@@ -31,11 +33,13 @@ def replay(args: argparse.Namespace, settings: Settings) -> int:
         if args.input is None:
             args.input, settings = _demo_recording(Path(tmp), settings)
         recording = Recording(args.input, settings.input)
+        print(recording.describe(), file=sys.stderr)
         errors_path = args.errors or (f"{args.output}.errors.jsonl" if args.output != "-" else "-")
         pipeline = Replay(settings.detector, JsonLinesSink(args.output), JsonLinesSink(errors_path, sys.stderr),
                           emit_latent=args.emit_latent, progress=sys.stderr.isatty(),
                           initial=load_detector(args.load_checkpoint) if args.load_checkpoint else None)
         summary = pipeline.run(recording)
+    check_mostly_valid(summary)
     text = summary.render()
     if args.save_checkpoint and pipeline.detector is not None:
         save_detector(pipeline.detector, args.save_checkpoint)
@@ -51,17 +55,18 @@ def _demo_recording(folder: Path, settings: Settings) -> tuple[str, Settings]:
     print(f"no INPUT given: replaying a simulated recording of {DEMO_EVENTS} events, 8 channels, "
           f"{len(injected)} injected anomalies ({', '.join(sorted({i.kind for i in injected}))})",
           file=sys.stderr)
-    inputs = settings.input.model_copy(update={"time_column": "timestamp", "label_column": "anomaly"})
-    return str(path), settings.model_copy(update={"input": inputs})
+    return str(path), settings  # its time and label columns are found by name
 
 
 def evaluate(args: argparse.Namespace, settings: Settings) -> int:
-    if not settings.input.label_column:
-        print("ae-worker: error: evaluate needs --label-column", file=sys.stderr)
-        return 2
     recording = Recording(args.input, settings.input)
+    print(recording.describe(), file=sys.stderr)
+    if not recording.options.label_column:
+        raise InputFormatError(f"{recording.path.name}: no label column (none is named "
+                               f"{', '.join(LABEL_NAMES)}): set --label-column")
     trace = Trace()
     summary = Replay(settings.detector, NullSink(), NullSink(), trace=trace).run(recording)
+    check_mostly_valid(summary)
     t = trace.arrays()
     judged = t["index"] >= settings.detector.warmup
     metrics = quality(t["labels"][judged], t["flags"][judged], t["score"][judged], t["alerts"][judged])
@@ -84,6 +89,20 @@ def evaluate(args: argparse.Namespace, settings: Settings) -> int:
     if args.plot:
         print(f"plot: {args.plot}")
     return 0
+
+
+def check_mostly_valid(summary: RunSummary) -> None:
+    """Stop with a hint when most rows were refused for the same reason: a column that is not a
+    reading (a time stamp, a device id, a text field) left in the readings is the usual cause."""
+    if not summary.rows or summary.invalid * 2 < summary.rows:
+        return
+    reason, count = summary.invalid_reasons.most_common(1)[0]
+    hint = ""
+    if reason.startswith("column '"):
+        name = reason.split("'")[1]
+        hint = (f": is it the time column? --time-column {name}" if name.lower() in TIME_NAMES
+                else f": is it a device id? --key-column {name}; or not a reading? --ignore-columns {name}")
+    raise InputFormatError(f"{reason} is invalid in {count} of {summary.rows} rows{hint}")
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -110,6 +129,7 @@ def produce(args: argparse.Namespace, settings: Settings) -> int:
     from worker.transfer import produce as send_recording
 
     recording = Recording(args.input, settings.input)
+    print(recording.describe(), file=sys.stderr)
     key = args.key or Path(args.input).stem
     sent = send_recording(recording, settings.kafka, args.topic, key, args.speed, settings.kafka.create_topics)
     print(f"sent {sent} events from {args.input} to {args.topic}")

@@ -21,7 +21,9 @@ def plot_replay(path: str | Path, index: np.ndarray, score: np.ndarray, threshol
     ax.plot(index, score, lw=0.8, color="tab:blue", label="score")
     ax.plot(index, threshold, lw=1.2, color="tab:orange", label="threshold")
     ax.scatter(index[flags], score[flags], s=6, color="tab:red", zorder=3, label="flagged")
-    ax.set_yscale("log")
+    shown = score[np.isfinite(score)]
+    if (shown > 0).any() and (shown > 0).all():  # a log scale needs positive values (none in warm-up)
+        ax.set_yscale("log")
     ax.set_xlabel("row")
     ax.set_ylabel("reconstruction error (smoothed)")
     ax.set_title(title)

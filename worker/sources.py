@@ -7,6 +7,7 @@ import logging
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,44 @@ def parse_reading(value: Any) -> float:
     return number
 
 
+# Column names taken as the time and as labels (case-insensitive) unless flags say otherwise.
+TIME_NAMES = ("timestamp", "time", "datetime", "date", "ts")
+LABEL_NAMES = ("anomaly", "is_anomaly", "label", "changepoint")
+
+
+def looks_like_time(value: Any) -> bool:
+    """An ISO-8601 date-time string ('2026-01-04T11:20:00Z', '2026-01-04 11:20:00')."""
+    if not isinstance(value, str) or len(value) < 10 or "-" not in value[:8]:
+        return False
+    try:
+        datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    return True
+
+
+def infer_columns(header: list[str], first: list[Any], options: InputSettings) -> InputSettings:
+    """Fill in what the flags left unset: the time column (named like one, or holding ISO-8601
+    date-times) and the label column (named like one: anomaly, is_anomaly, label, changepoint).
+    Every label-named column is left out of the model, whichever one evaluation uses."""
+    o = options
+    updates: dict[str, Any] = {}
+    taken = {o.time_column, o.key_column, o.label_column, *o.ignore_columns}
+    if o.time_column is None:
+        named = [h for h in header if h.lower() in TIME_NAMES and h not in taken]
+        valued = [h for h, v in zip(header, first) if looks_like_time(v) and h not in taken]
+        if named or valued:
+            updates["time_column"] = (named or valued)[0]
+    labels = sorted((h for h in header if h.lower() in LABEL_NAMES and h not in taken - {None}),
+                    key=lambda h: LABEL_NAMES.index(h.lower()))
+    if o.label_column is None and labels:
+        updates["label_column"] = labels[0]
+    left_out = [h for h in labels if h != updates.get("label_column", o.label_column)]
+    if left_out:
+        updates["ignore_columns"] = (*o.ignore_columns, *left_out)
+    return o.model_copy(update=updates) if updates else o
+
+
 class Recording:
     """Iterates a CSV or JSONL file in :class:`RowBatch` chunks, in file order.
 
@@ -57,13 +96,30 @@ class Recording:
 
     def __init__(self, path: str | Path, options: InputSettings, chunk_size: int = 4096) -> None:
         self.path = Path(path)
-        self.options = options
         self.chunk_size = chunk_size
         self.is_jsonl = self.path.suffix.lower() in (".jsonl", ".ndjson", ".json")
-        self.channels = self._discover_channels()
+        options = self._sniff_separator(options)
+        header, first = self._head(options.sep)
+        self.options = infer_columns(header, first, options)
+        self.channels = self._discover_channels(header)
 
-    def _discover_channels(self) -> tuple[str, ...]:
-        header = self._header()
+    def describe(self) -> str:
+        """One line: which columns are the time, key and labels, and how many are readings."""
+        o = self.options
+        parts = [f"time {o.time_column!r}" if o.time_column else "no time column"]
+        if o.sep != ",":
+            parts.insert(0, f"separator {o.sep!r}")
+        if o.key_column:
+            parts.append(f"key {o.key_column!r}")
+        unused = [c for c in o.ignore_columns if c.lower() in LABEL_NAMES]
+        if o.label_column:
+            parts.append(f"labels {o.label_column!r}")
+        if unused:
+            parts.append(f"also left out: {', '.join(map(repr, unused))}")
+        return (f"{self.path.name}: {', '.join(parts)}; {len(self.channels)} reading column(s) "
+                "(set --time-column, --label-column, --ignore-columns to change)")
+
+    def _discover_channels(self, header: list[str]) -> tuple[str, ...]:
         o = self.options
         special = {o.time_column, o.key_column, o.label_column, *o.ignore_columns} - {None}
         missing = sorted(name for name in special if name not in header)
@@ -74,7 +130,23 @@ class Recording:
             raise InputFormatError(f"{self.path}: no reading columns left after time/key/label/ignored")
         return channels
 
-    def _header(self) -> list[str]:
+    def _sniff_separator(self, options: InputSettings) -> InputSettings:
+        """A CSV whose header has no comma but a semicolon, tab or bar is read with that one."""
+        if self.is_jsonl or options.sep != ",":
+            return options
+        try:
+            with self.path.open(newline="", encoding="utf-8") as fh:
+                line = fh.readline()
+        except (OSError, UnicodeDecodeError):
+            return options  # reported by _head
+        if "," not in line:
+            for sep in (";", "\t", "|"):
+                if sep in line:
+                    return options.model_copy(update={"sep": sep})
+        return options
+
+    def _head(self, sep: str) -> tuple[list[str], list[Any]]:
+        """The column names and the first row's values (empty when there is no row)."""
         try:
             with self.path.open(newline="", encoding="utf-8") as fh:
                 if self.is_jsonl:
@@ -83,14 +155,16 @@ class Recording:
                             first = orjson.loads(line)
                             if not isinstance(first, dict):
                                 raise InputFormatError(f"{self.path}: first line is not a JSON object")
-                            return list(first)
+                            return list(first), list(first.values())
                     raise InputFormatError(f"{self.path}: empty recording")
-                header = next(csv.reader(fh, delimiter=self.options.sep), None)
+                reader = csv.reader(fh, delimiter=sep)
+                header = next(reader, None)
+                row = next(reader, None) or []
         except (OSError, UnicodeDecodeError, orjson.JSONDecodeError) as exc:
             raise InputFormatError(f"{self.path}: cannot read: {exc}") from exc
         if not header:
             raise InputFormatError(f"{self.path}: empty recording")
-        return [h.strip() for h in header]
+        return [h.strip() for h in header], row
 
     def records(self) -> Iterator[tuple[int, dict[str, Any] | None, str]]:
         """``(row index, field mapping or None if unparseable, raw text)`` in file order."""
