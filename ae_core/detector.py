@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -15,6 +15,7 @@ from torch import nn
 
 from ae_core.config import MAX_ABS_READING, DetectorConfig
 from ae_core.episodes import ClosedEpisode, EpisodeTracker
+from ae_core.errors import ConfigError
 from ae_core.losses import add_penalty_gradient, feature_errors
 from ae_core.network import Autoencoder, activate
 from ae_core.scaling import OnlineScaler
@@ -23,6 +24,7 @@ from ae_core.threshold import AdaptiveThreshold, QuantileThreshold
 from ae_core.windowing import SlidingWindow
 
 logger = logging.getLogger(__name__)
+FEW_ROWS = 16  # score_many of at most this many rows runs in NumPy
 
 
 @dataclass
@@ -96,8 +98,53 @@ class AutoencoderDetector(AnomalyDetector):
     [True, True, True]
     """
 
-    def __init__(self, config: DetectorConfig) -> None:
+    def __init__(self, config: DetectorConfig | None = None, **params: Any) -> None:
+        known = {f.name for f in fields(DetectorConfig)}
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise TypeError(f"AutoencoderDetector got an unknown hyperparameter {unknown[0]!r}")
+        self.params = params
+        self.config = config  # type: ignore[assignment]  (None until the first event fixes the width)
+        self._learn_buffer: list[np.ndarray] = []
+        self._keys: tuple[Any, ...] | None = None  # the first dict's keys, when it fixed the channels
+        if config is not None:
+            self._build(replace(config, **params) if params else config)
+        elif "n_channels" in params:
+            self._build(DetectorConfig(**params))
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled with the torch generator's state as bytes: a Generator pickles a fresh tensor
+        whose storage key is a memory address, so two pickles of one detector would differ."""
+        state = self.__dict__.copy()
+        if "_torch_rng" in state:
+            state["_torch_rng"] = state["_torch_rng"].get_state().numpy().tobytes()
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if isinstance(state.get("_torch_rng"), bytes):
+            rng = torch.Generator()
+            rng.set_state(torch.frombuffer(bytearray(state["_torch_rng"]), dtype=torch.uint8))
+            state["_torch_rng"] = rng
+        self.__dict__.update(state)
+
+    @classmethod
+    def _unit_test_params(cls) -> Any:
+        """Small settings for river's estimator checks."""
+        yield {"warmup": 32, "batch_size": 16, "fit_steps": 8, "memory_size": 64, "hidden": (8,)}
+
+    @property
+    def built(self) -> bool:
+        """Whether the input width is known (given, or learned from the first event)."""
+        return self.config is not None
+
+    def _build_for(self, n_channels: int, names: tuple[str, ...] | None = None) -> None:
+        """Fix the width from the first event when the detector was made without one."""
+        if not self.built:
+            self._build(DetectorConfig(**{**self.params, "n_channels": n_channels, "channel_names": names}))
+
+    def _build(self, config: DetectorConfig) -> None:
         self.config = c = config
+        self._numpy_layers: list[tuple[np.ndarray, np.ndarray, bool]] | None = None
         self._torch_rng = torch.Generator().manual_seed(c.seed)
         self._rng = np.random.default_rng(c.seed)
         self.module = Autoencoder(c.n_features, c.hidden, c.resolved_bottleneck, c.output_activation)
@@ -136,17 +183,52 @@ class AutoencoderDetector(AnomalyDetector):
         return tuple(f"{n}[t-{lag}]" for lag in range(w - 1, -1, -1) for n in names)
 
     def score_many(self, X: np.ndarray) -> np.ndarray:
-        """Reconstruction error of each row; changes nothing."""
-        return self._reconstruct(np.asarray(X, dtype=np.float64))[1].mean(axis=1)
+        """Reconstruction error of each row; changes nothing. A few rows (river's ``score_one``)
+        go through a NumPy copy of the network: a torch call costs more than the arithmetic."""
+        X = np.asarray(X, dtype=np.float64)
+        self._build_for(X.shape[1])
+        if len(X) <= FEW_ROWS:
+            return self._few_rows_errors(X).mean(axis=1)
+        return self._reconstruct(X)[1].mean(axis=1)
+
+    def _few_rows_errors(self, X: np.ndarray) -> np.ndarray:
+        """Per-feature errors of scaled rows through the network's weights as NumPy arrays, the
+        same float32 arithmetic as :meth:`_reconstruct` (equal to float rounding)."""
+        if self._numpy_layers is None:
+            layers = [*self.module.encoder, *self.module.decoder]
+            self._numpy_layers = [
+                (layer.weight.detach().numpy().T.copy(), layer.bias.detach().numpy().copy(),
+                 i + 1 < len(layers) and isinstance(layers[i + 1], nn.ReLU))
+                for i, layer in enumerate(layers) if isinstance(layer, nn.Linear)]
+        target = self.scaler.transform(X).astype(np.float32)
+        h = target
+        for weight, bias, relu in self._numpy_layers:
+            h = h @ weight + bias
+            if relu:
+                h = np.maximum(h, 0.0)
+        c = self.config
+        if c.resolved_loss == "bce":  # binary cross-entropy with logits, computed stably
+            errors = np.maximum(h, 0.0) - h * target + np.log1p(np.exp(-np.abs(h)))
+        else:
+            recon = 1.0 / (1.0 + np.exp(-h)) if c.output_activation == "sigmoid" else h
+            errors = np.square(recon - target)
+        return errors.astype(np.float64)
 
     def learn_many(self, X: np.ndarray) -> None:
-        self._learn(np.asarray(X, dtype=np.float64))
+        X = np.asarray(X, dtype=np.float64)
+        self._build_for(X.shape[1])
+        self._learn(X)
 
     def score_one(self, x: dict[Any, Any]) -> float:
         return float(self.score_many(self._vector(x))[0])
 
     def learn_one(self, x: dict[Any, Any]) -> None:
-        self.learn_many(self._vector(x))
+        """Buffer the event; every ``batch_size`` events, one :meth:`learn_many` step on them (a
+        step per event would cost a full optimisation step each). The buffer is not checkpointed."""
+        self._learn_buffer.append(self._vector(x)[0])
+        if len(self._learn_buffer) >= self.config.batch_size:
+            self.learn_many(np.vstack(self._learn_buffer))
+            self._learn_buffer.clear()
 
     def encode(self, X: np.ndarray) -> np.ndarray:
         """Bottleneck representation of model-input rows, shape ``(N, q)``."""
@@ -163,8 +245,10 @@ class AutoencoderDetector(AnomalyDetector):
         string per event) separates the sliding windows and the score smoothing of devices.
         With ``latent`` the result also holds each event's bottleneck code (:meth:`encode`).
         """
-        c = self.config
         X = np.asarray(X, dtype=np.float64)
+        if X.ndim == 2:
+            self._build_for(X.shape[1])
+        c = self.config
         if X.ndim != 2 or X.shape[1] != c.n_channels:
             raise ValueError(f"expected shape (N, {c.n_channels}), got {X.shape}")
         if not (np.abs(X) <= MAX_ABS_READING).all():  # also False for NaN
@@ -339,6 +423,7 @@ class AutoencoderDetector(AnomalyDetector):
         loss.backward()
         add_penalty_gradient(self._params, c.penalty, c.penalty_weight)
         self.optimizer.step()
+        self._numpy_layers = None  # the weights changed
         self.last_loss = float(loss.detach())
 
     def _set_training(self, mode: bool) -> None:
@@ -362,7 +447,19 @@ class AutoencoderDetector(AnomalyDetector):
         return np.roll(self.memory, -(self.memory_count % size), axis=0)
 
     def _vector(self, x: dict[Any, Any]) -> np.ndarray:
-        return np.array([[float(x[name]) for name in self.feature_names]])
+        """A model-input row from a dict. Made without a width, the detector takes its channels
+        from the first dict's keys, sorted, so the order of keys never matters."""
+        if not self.built:
+            if self.params.get("window", 1) != 1:
+                raise ConfigError("window", "a detector made without n_channels learns its width from the first "
+                                            "event's keys: dict inputs are model-input vectors, so window must be 1")
+            self._keys = tuple(sorted(x, key=str))
+            self._build_for(len(self._keys), tuple(str(k) for k in self._keys))
+        keys = self._keys or self.feature_names
+        # a channel missing from this event reads as its running mean (a neutral value); keys the
+        # first event did not have are not part of the model and are ignored
+        mean = self.scaler.mean
+        return np.array([[float(x[k]) if k in x else float(mean[i]) for i, k in enumerate(keys)]])
 
 
 def _init_weights(module: nn.Module, generator: torch.Generator) -> None:

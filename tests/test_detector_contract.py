@@ -49,6 +49,10 @@ def test_one_and_many_agree(name: str) -> None:
     ones = [det.score_one(dict(zip(det.feature_names, row))) for row in X]
     np.testing.assert_allclose(many, ones, rtol=1e-5)  # float32 network: batched vs single matmul
     learner = copy.deepcopy(det)
+    for i in range(det.config.batch_size - 1):  # learn_one buffers: one step per batch_size events
+        learner.learn_one(dict(zip(det.feature_names, X[i % len(X)])))
+    assert learner.batches_learned == det.batches_learned
+    np.testing.assert_array_equal(learner.score_many(X), many)
     learner.learn_one(dict(zip(det.feature_names, X[0])))
     assert learner.batches_learned == det.batches_learned + 1
     assert not np.array_equal(learner.score_many(X), many)
@@ -137,7 +141,7 @@ def test_works_as_a_river_anomaly_detector_in_a_pipeline(name: str) -> None:
         x = dict(zip(det.feature_names, row))
         scores.append(model.score_one(x))
         model.learn_one(x)
-    assert det.batches_learned == 150 and all(np.isfinite(scores))
+    assert det.batches_learned == 150 // det.config.batch_size and all(np.isfinite(scores))  # learn_one buffers
     odd = dict(zip(det.feature_names, rows[-1] + 50.0))
     assert model.score_one(odd) > np.median(scores[-50:])
     assert det.clone().config == det.config and det.clone().batches_learned == 0
