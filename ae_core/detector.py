@@ -200,7 +200,9 @@ class AutoencoderDetector(AnomalyDetector):
                 (layer.weight.detach().numpy().T.copy(), layer.bias.detach().numpy().copy(),
                  i + 1 < len(layers) and isinstance(layers[i + 1], nn.ReLU))
                 for i, layer in enumerate(layers) if isinstance(layer, nn.Linear)]
-        target = self.scaler.transform(X).astype(np.float32)
+            self._numpy_scaling = self.scaler.affine()
+        shift, scale, low, high = self._numpy_scaling
+        target = np.clip((X - shift) / scale, low, high).astype(np.float32)
         h = target
         for weight, bias, relu in self._numpy_layers:
             h = h @ weight + bias
@@ -402,6 +404,7 @@ class AutoencoderDetector(AnomalyDetector):
             return
         c = self.config
         self.scaler.learn_many(X)
+        self._numpy_layers = None  # the scaling changed
         for step in range(c.learn_steps):
             batch = X
             if step > 0 and self.memory_count > 0:

@@ -68,6 +68,16 @@ class OnlineScaler:
         z = (X - self.mean) / self.std
         return z if self.clip is None else np.clip(z, -self.clip, self.clip)
 
+    def affine(self) -> tuple[np.ndarray, np.ndarray, float, float]:
+        """``(shift, scale, low, high)``: :meth:`transform` is ``clip((X - shift) / scale, low, high)``."""
+        if self.kind == "minmax":
+            if self.n == 0:
+                return np.zeros_like(self.mean), np.ones_like(self.mean), 0.0, 1.0
+            span = self.high - self.low
+            return self.low.copy(), np.where(span > _TINY, span, 1.0), 0.0, 1.0
+        bound = np.inf if self.clip is None else self.clip
+        return self.mean.copy(), self.std, -bound, bound
+
     @property
     def std(self) -> np.ndarray:
         var = self.m2 / (self.n - 1) if self.n > 1 else np.ones_like(self.m2)
