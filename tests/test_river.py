@@ -69,3 +69,15 @@ def test_a_river_pipeline_scores_then_learns_and_ranks_anomalies_above_half_spac
     trees, _ = run(preprocessing.MinMaxScaler() | anomaly.HalfSpaceTrees(seed=1), False)
     assert ours > trees + 0.05, (ours, trees)  # 0.74 against 0.61 on this stream
     assert 0 < flagged < 0.1 * 4000
+
+
+def test_the_readme_river_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Use it from river", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    exec(compile(code, "README.md", "exec"), {})  # noqa: S102 (our own README)
+    printed = capsys.readouterr().out
+    flagged, total = (int(n) for n in printed.split(" events flagged")[0].split(" of "))
+    assert total == 3000 and 0 < flagged < 300
