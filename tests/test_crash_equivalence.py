@@ -207,7 +207,8 @@ def test_a_broker_outage_of_20_seconds_is_ridden_out_with_the_same_output(tmp_pa
         feed(bootstrap, f"{topic_prefix}-in", X[:4000], rate=0)
         metrics_port = free_port()
         s = settings(bootstrap, topic_prefix, max_poll_records=10, exactly_once=exactly_once, instance_id="w1",
-                     service={"idle_timeout": 15, "metrics_port": metrics_port, "snapshot_interval": 1})
+                     # idle_timeout shorter than the outage: waiting for the broker must not count as idle
+                     service={"idle_timeout": 10, "metrics_port": metrics_port, "snapshot_interval": 1})
         worker = Worker(s)
         worker_thread = threading.Thread(target=worker.run)
         worker_thread.start()

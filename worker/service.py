@@ -81,6 +81,7 @@ class Worker:
         self._unpublished = False  # a batch's outputs are not yet confirmed by the broker
         self._in_batch = False  # a batch was begun and neither completed nor rewound
         self._waiting_for: str | None = None  # the broker call an outage is holding up
+        self._idle_since = time.monotonic()  # idle_timeout counts from here
 
     def assignment(self) -> set[TopicPartition]:
         """Partitions this worker owns now (empty before it joined its group)."""
@@ -119,7 +120,7 @@ class Worker:
 
     def _loop(self) -> None:
         k, svc = self.settings.kafka, self.settings.service
-        idle_since = time.monotonic()
+        self._idle_since = time.monotonic()
         while not self.stop.is_set():
             budget = k.max_poll_records
             if svc.max_events is not None:
@@ -136,12 +137,12 @@ class Worker:
                 self.health.ready = self.ready
             if not any(records.values()):
                 if not self.partitions.assigned:
-                    idle_since = time.monotonic()  # waiting for partitions (a rebalance) is not idleness
-                elif svc.idle_timeout is not None and time.monotonic() - idle_since > svc.idle_timeout:
+                    self._idle_since = time.monotonic()  # waiting for partitions (a rebalance) is not idleness
+                elif svc.idle_timeout is not None and time.monotonic() - self._idle_since > svc.idle_timeout:
                     logger.info("no event for %.1f s (idle_timeout): stopping", svc.idle_timeout)
                     return
                 continue
-            idle_since = time.monotonic()
+            self._idle_since = time.monotonic()
             started = time.perf_counter()
             if self.stats.first_records_at is None:
                 self.stats.first_records_at = started
@@ -187,6 +188,7 @@ class Worker:
         if self._waiting_for is None:
             logger.warning("%s failed (%r): waiting for the broker, not ready meanwhile", what, exc)
         self._waiting_for = what
+        self._idle_since = time.monotonic()  # waiting for the broker is not idleness either
         self.metrics.broker_waits.labels(what).inc()
         if self.health:
             self.health.beat()  # alive, only waiting

@@ -172,7 +172,8 @@ class ServiceSettings(BaseModel):
     metrics_port: int = Field(9108, ge=0, le=65535, description="Prometheus /metrics, /healthz, /readyz (0 = off)")
     max_events: int | None = Field(None, ge=1, description="exit 0 after this many events")
     idle_timeout: float | None = Field(None, gt=0, description="exit 0 after this many seconds without events while "
-                                        "partitions are assigned (waiting for an assignment does not count)")
+                                        "partitions are assigned (waiting for an assignment or for the broker "
+                                        "does not count)")
     state_dir: str | None = Field(None, description="also keep each partition's snapshot in this local folder "
                                   "(a cache beside the changelog topic)")
     snapshot_interval: float = Field(10.0, ge=0, description="seconds between snapshots of a partition's "
