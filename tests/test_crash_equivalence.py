@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -102,6 +103,19 @@ def assert_lag_zero(bootstrap: str, group: str, topic: str, partitions: int) -> 
         assert committed(bootstrap, group, tp) == end, tp
 
 
+def wait_for_lag_zero(bootstrap: str, group: str, topic: str, partitions: int, timeout: float) -> None:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        ends = consumer.end_offsets([TopicPartition(topic, p) for p in range(partitions)])
+    finally:
+        consumer.close()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(committed(bootstrap, group, tp) == end for tp, end in ends.items()):
+            return
+        time.sleep(0.5)
+
+
 def create_input(bootstrap: str, topic: str, partitions: int) -> None:
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     admin.create_topics([NewTopic(topic, partitions, 1)])
@@ -164,18 +178,21 @@ def test_two_workers_one_killed_repeatedly_publish_each_record_once(kafka: str, 
     partitions, per_partition = 4, 2000
     create_input(kafka, f"{topic_prefix}-in", partitions)
     X = stream(partitions, per_partition, seed=22)
-    feeder = threading.Thread(target=feed, args=(kafka, f"{topic_prefix}-in", X, 800.0))
-    feeder.start()
+    feeder = threading.Thread(target=feed, args=(kafka, f"{topic_prefix}-in", X, 500.0))
+    feeder.start()  # about 16 s: the kills land mid-stream
     env = {"AE_SERVICE__SNAPSHOT_INTERVAL": "1"}
     log = (tmp_path / "steady.log").open("w")  # a file: a pipe nobody reads for a minute could fill and stall it
-    steady = run_cli([*cli_args(kafka, topic_prefix, "--instance-id", "steady", "--state-dir", str(tmp_path / "s")),
-                      "--idle-timeout", "8"], env=env, stderr=log)
+    steady = run_cli(cli_args(kafka, topic_prefix, "--instance-id", "steady", "--state-dir", str(tmp_path / "s")),
+                     env=env, stderr=log)
     try:
         # the other worker, with no state dir, joins and dies repeatedly: partitions move between them
         kill_repeatedly(kafka, topic_prefix, cli_args(kafka, topic_prefix, "--instance-id", "flaky"), kills=3,
                         partitions=partitions, seed=22, env=env)
         feeder.join(timeout=120)
-        steady.communicate(timeout=300)
+        # the dead static member's partitions reach the steady worker after the session timeout
+        wait_for_lag_zero(kafka, f"{topic_prefix}-group", f"{topic_prefix}-in", partitions, timeout=180)
+        steady.send_signal(signal.SIGTERM)
+        steady.communicate(timeout=120)
     finally:
         steady.kill()
         log.close()
