@@ -20,9 +20,10 @@ from typing import Any, TypeVar
 import numpy as np
 import torch._dynamo  # noqa: F401  (torch.optim imports it on first use: seconds, not a batch's job)
 from kafka import ConsumerRebalanceListener, TopicPartition
+from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
-from worker.delivery import BatchFailed, PublishError, make_delivery, patiently
+from worker.delivery import BatchFailed, PublishError, make_delivery, patiently, retriable
 from worker.events import EventError
 from worker.kafka_io import ensure_topics, make_consumer
 from worker.observability import HealthServer, Metrics
@@ -35,6 +36,7 @@ from worker.settings import Settings
 __all__ = ["PublishError", "RunStats", "Worker"]
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+BROKER_CHECK_S = 2.0  # while idle, how often the broker is asked whether it is there
 
 
 @dataclass
@@ -82,6 +84,7 @@ class Worker:
         self._in_batch = False  # a batch was begun and neither completed nor rewound
         self._waiting_for: str | None = None  # the broker call an outage is holding up
         self._idle_since = time.monotonic()  # idle_timeout counts from here
+        self._checked_at = 0.0  # when _check_broker last asked
 
     def assignment(self) -> set[TopicPartition]:
         """Partitions this worker owns now (empty before it joined its group)."""
@@ -119,6 +122,14 @@ class Worker:
         return self.stats
 
     def _loop(self) -> None:
+        try:
+            self._loop_until_stopped()
+        except KafkaError as exc:
+            if not (self.stop.is_set() and retriable(exc)):
+                raise
+            logger.info("stopping while the broker is away (%r): nothing of the current batch was committed", exc)
+
+    def _loop_until_stopped(self) -> None:
         k, svc = self.settings.kafka, self.settings.service
         self._idle_since = time.monotonic()
         while not self.stop.is_set():
@@ -138,7 +149,9 @@ class Worker:
             if not any(records.values()):
                 if not self.partitions.assigned:
                     self._idle_since = time.monotonic()  # waiting for partitions (a rebalance) is not idleness
-                elif svc.idle_timeout is not None and time.monotonic() - self._idle_since > svc.idle_timeout:
+                    continue
+                self._check_broker()
+                if svc.idle_timeout is not None and time.monotonic() - self._idle_since > svc.idle_timeout:
                     logger.info("no event for %.1f s (idle_timeout): stopping", svc.idle_timeout)
                     return
                 continue
@@ -177,6 +190,21 @@ class Worker:
                     self.stats.events, self.stats.anomalies, self.stats.dead_letters, self.stats.batches)
 
     # -- riding out the broker's absence ------------------------------------------------------------
+    def _check_broker(self) -> None:
+        """While no event comes, ask the broker for the end offsets every few seconds: an empty poll
+        looks the same whether the topic is quiet or the broker is gone. Keeps the lag current too."""
+        now = time.monotonic()
+        if now - self._checked_at < BROKER_CHECK_S:
+            return
+        self._checked_at = now
+        owned = sorted(self.partitions.assigned, key=lambda tp: (tp.topic, tp.partition))
+        ends = self._retry("checking the broker",
+                           lambda: self._consumer.end_offsets(owned, timeout_ms=int(BROKER_CHECK_S * 1000)))
+        for tp, end in ends.items():
+            done = self.partitions.committed.get(tp)
+            if done is not None:
+                self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, end - done))
+
     def _retry(self, what: str, call: Callable[[], T]) -> T:
         result = patiently(what, call, self.stop, self._waiting)
         if self._waiting_for is not None:
