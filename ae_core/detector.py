@@ -144,7 +144,9 @@ class AutoencoderDetector(AnomalyDetector):
 
     def _build(self, config: DetectorConfig) -> None:
         self.config = c = config
+        # score_one's NumPy copy of the weights and the scaling, dropped whenever either changes
         self._numpy_layers: list[tuple[np.ndarray, np.ndarray, bool]] | None = None
+        self._numpy_scaling: tuple[np.ndarray, np.ndarray, float, float] | None = None
         self._torch_rng = torch.Generator().manual_seed(c.seed)
         self._rng = np.random.default_rng(c.seed)
         self.module = Autoencoder(c.n_features, c.hidden, c.resolved_bottleneck, c.output_activation)
@@ -201,7 +203,7 @@ class AutoencoderDetector(AnomalyDetector):
                  i + 1 < len(layers) and isinstance(layers[i + 1], nn.ReLU))
                 for i, layer in enumerate(layers) if isinstance(layer, nn.Linear)]
             self._numpy_scaling = self.scaler.affine()
-        shift, scale, low, high = self._numpy_scaling
+        shift, scale, low, high = self._numpy_scaling  # the scaler's transform, without recomputing std
         target = np.clip((X - shift) / scale, low, high).astype(np.float32)
         h = target
         for weight, bias, relu in self._numpy_layers:

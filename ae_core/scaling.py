@@ -59,24 +59,19 @@ class OnlineScaler:
         self.m2 = old_m2 + ((X - old_mean) * (X - self.mean)).sum(axis=0)  # Chan's merge, any weight kept
 
     def transform(self, X: np.ndarray) -> np.ndarray:
-        if self.kind == "minmax":
-            if self.n == 0:
-                return np.clip(X, 0.0, 1.0)
-            span = self.high - self.low
-            span = np.where(span > _TINY, span, 1.0)
-            return np.clip((X - self.low) / span, 0.0, 1.0)
-        z = (X - self.mean) / self.std
-        return z if self.clip is None else np.clip(z, -self.clip, self.clip)
+        shift, scale, low, high = self.affine()
+        return np.clip((X - shift) / scale, low, high)
 
     def affine(self) -> tuple[np.ndarray, np.ndarray, float, float]:
-        """``(shift, scale, low, high)``: :meth:`transform` is ``clip((X - shift) / scale, low, high)``."""
+        """``(shift, scale, low, high)``: :meth:`transform` is ``clip((X - shift) / scale, low, high)``.
+        The arrays are replaced, never changed in place, by :meth:`learn_many`: safe to keep."""
         if self.kind == "minmax":
             if self.n == 0:
                 return np.zeros_like(self.mean), np.ones_like(self.mean), 0.0, 1.0
             span = self.high - self.low
-            return self.low.copy(), np.where(span > _TINY, span, 1.0), 0.0, 1.0
+            return self.low, np.where(span > _TINY, span, 1.0), 0.0, 1.0
         bound = np.inf if self.clip is None else self.clip
-        return self.mean.copy(), self.std, -bound, bound
+        return self.mean, self.std, -bound, bound
 
     @property
     def std(self) -> np.ndarray:

@@ -93,26 +93,18 @@ def total_committed(bootstrap: str, group: str, topic: str, partitions: int) -> 
     return sum(committed(bootstrap, group, TopicPartition(topic, p)) or 0 for p in range(partitions))
 
 
-def assert_lag_zero(bootstrap: str, group: str, topic: str, partitions: int) -> None:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    try:
-        ends = consumer.end_offsets([TopicPartition(topic, p) for p in range(partitions)])
-    finally:
-        consumer.close()
-    for tp, end in ends.items():
-        assert committed(bootstrap, group, tp) == end, tp
-
-
-def wait_for_lag_zero(bootstrap: str, group: str, topic: str, partitions: int, timeout: float) -> None:
+def lagging(bootstrap: str, group: str, topic: str, partitions: int, timeout: float = 0.0) -> list[TopicPartition]:
+    """The partitions whose committed offset is still short of the end after waiting up to ``timeout``."""
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     try:
         ends = consumer.end_offsets([TopicPartition(topic, p) for p in range(partitions)])
     finally:
         consumer.close()
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if all(committed(bootstrap, group, tp) == end for tp, end in ends.items()):
-            return
+    while True:
+        behind = [tp for tp, end in ends.items() if committed(bootstrap, group, tp) != end]
+        if not behind or time.monotonic() >= deadline:
+            return behind
         time.sleep(0.5)
 
 
@@ -166,7 +158,7 @@ def test_kill_9_in_exactly_once_mode_publishes_each_record_of_an_uninterrupted_r
     _, err = final.communicate(timeout=300)
     assert final.returncode == 0, err[-3000:]
     assert "exactly once" in err
-    assert_lag_zero(kafka, f"{topic_prefix}-group", f"{topic_prefix}-in", partitions)
+    assert lagging(kafka, f"{topic_prefix}-group", f"{topic_prefix}-in", partitions) == []
     s = settings(kafka, topic_prefix)
     published = published_records(kafka, f"{topic_prefix}-out")
     assert len(published) == len(set(published))  # no record twice
@@ -190,14 +182,14 @@ def test_two_workers_one_killed_repeatedly_publish_each_record_once(kafka: str, 
                         partitions=partitions, seed=22, env=env)
         feeder.join(timeout=120)
         # the dead static member's partitions reach the steady worker after the session timeout
-        wait_for_lag_zero(kafka, f"{topic_prefix}-group", f"{topic_prefix}-in", partitions, timeout=180)
+        lagging(kafka, f"{topic_prefix}-group", f"{topic_prefix}-in", partitions, timeout=180)
         steady.send_signal(signal.SIGTERM)
         steady.communicate(timeout=120)
     finally:
         steady.kill()
         log.close()
     assert steady.returncode == 0, (tmp_path / "steady.log").read_text()[-3000:]
-    assert_lag_zero(kafka, f"{topic_prefix}-group", f"{topic_prefix}-in", partitions)
+    assert lagging(kafka, f"{topic_prefix}-group", f"{topic_prefix}-in", partitions) == []
     published = published_records(kafka, f"{topic_prefix}-out")
     assert len(published) == len(set(published))
     assert published == expected_records(X, settings(kafka, topic_prefix)) and published
@@ -253,7 +245,7 @@ def test_a_broker_outage_of_20_seconds_is_ridden_out_with_the_same_output(
         feed(bootstrap, f"{topic_prefix}-in", X[4000:], rate=0)
         worker_thread.join(timeout=240)
         assert not worker_thread.is_alive()
-        assert_lag_zero(bootstrap, group, topic, 1)
+        assert lagging(bootstrap, group, topic, 1) == []
         waits = sum(sample.value for metric in worker.metrics.registry.collect() if metric.name == "ae_broker_waits"
                     for sample in metric.samples if sample.name == "ae_broker_waits_total")
         assert waits > 0

@@ -201,9 +201,7 @@ class Worker:
         ends = self._retry("checking the broker",
                            lambda: self._consumer.end_offsets(owned, timeout_ms=int(BROKER_CHECK_S * 1000)))
         for tp, end in ends.items():
-            done = self.partitions.committed.get(tp)
-            if done is not None:
-                self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, end - done))
+            self._set_lag(tp, end)
 
     def _retry(self, what: str, call: Callable[[], T]) -> T:
         result = patiently(what, call, self.stop, self._waiting)
@@ -275,9 +273,12 @@ class Worker:
     def _update_lag(self) -> None:
         """Lag of every owned partition, not only those in the last batch."""
         for tp in self.partitions.assigned:
-            highwater, done = self._consumer.highwater(tp), self.partitions.committed.get(tp)
-            if highwater is not None and done is not None:
-                self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, highwater - done))
+            self._set_lag(tp, self._consumer.highwater(tp))
+
+    def _set_lag(self, tp: TopicPartition, end: int | None) -> None:
+        done = self.partitions.committed.get(tp)
+        if end is not None and done is not None:
+            self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, end - done))
 
     def _process_partition(self, tp: TopicPartition, messages: list[Any]) -> Outcome:
         state = self.states.get(tp)

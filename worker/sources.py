@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import logging
 import math
 from collections.abc import Iterator
@@ -98,9 +99,9 @@ class Recording:
         self.path = Path(path)
         self.chunk_size = chunk_size
         self.is_jsonl = self.path.suffix.lower() in (".jsonl", ".ndjson", ".json")
-        options = self._sniff_separator(options)
-        header, first = self._head(options.sep)
-        self.options = infer_columns(header, first, options)
+        header, first, sep = self._head(options.sep)
+        self.options = infer_columns(header, first, options if sep == options.sep else
+                                     options.model_copy(update={"sep": sep}))
         self.channels = self._discover_channels(header)
 
     def describe(self) -> str:
@@ -130,23 +131,9 @@ class Recording:
             raise InputFormatError(f"{self.path}: no reading columns left after time/key/label/ignored")
         return channels
 
-    def _sniff_separator(self, options: InputSettings) -> InputSettings:
-        """A CSV whose header has no comma but a semicolon, tab or bar is read with that one."""
-        if self.is_jsonl or options.sep != ",":
-            return options
-        try:
-            with self.path.open(newline="", encoding="utf-8") as fh:
-                line = fh.readline()
-        except (OSError, UnicodeDecodeError):
-            return options  # reported by _head
-        if "," not in line:
-            for sep in (";", "\t", "|"):
-                if sep in line:
-                    return options.model_copy(update={"sep": sep})
-        return options
-
-    def _head(self, sep: str) -> tuple[list[str], list[Any]]:
-        """The column names and the first row's values (empty when there is no row)."""
+    def _head(self, sep: str) -> tuple[list[str], list[Any], str]:
+        """The column names, the first row's values (empty when there is no row) and the CSV
+        separator: a header with no comma but a semicolon, tab or bar is read with that one."""
         try:
             with self.path.open(newline="", encoding="utf-8") as fh:
                 if self.is_jsonl:
@@ -155,16 +142,19 @@ class Recording:
                             first = orjson.loads(line)
                             if not isinstance(first, dict):
                                 raise InputFormatError(f"{self.path}: first line is not a JSON object")
-                            return list(first), list(first.values())
+                            return list(first), list(first.values()), sep
                     raise InputFormatError(f"{self.path}: empty recording")
-                reader = csv.reader(fh, delimiter=sep)
+                line = fh.readline()
+                if sep == "," and "," not in line:
+                    sep = next((other for other in (";", "\t", "|") if other in line), sep)
+                reader = csv.reader(itertools.chain([line], fh), delimiter=sep)
                 header = next(reader, None)
                 row = next(reader, None) or []
         except (OSError, UnicodeDecodeError, orjson.JSONDecodeError) as exc:
             raise InputFormatError(f"{self.path}: cannot read: {exc}") from exc
         if not header:
             raise InputFormatError(f"{self.path}: empty recording")
-        return [h.strip() for h in header], row
+        return [h.strip() for h in header], row, sep
 
     def records(self) -> Iterator[tuple[int, dict[str, Any] | None, str]]:
         """``(row index, field mapping or None if unparseable, raw text)`` in file order."""
