@@ -195,6 +195,7 @@ def test_two_workers_one_killed_repeatedly_publish_each_record_once(kafka: str, 
     assert published == expected_records(X, settings(kafka, topic_prefix)) and published
 
 
+@pytest.mark.timeout(600)  # a broker of its own, a 20 s outage and 6,000 events: minutes on a busy machine
 @pytest.mark.parametrize(("exactly_once", "stop_at"), [(False, 4000), (True, 1000)],
                          ids=["at-least-once-idle", "exactly-once-busy"])
 def test_a_broker_outage_of_20_seconds_is_ridden_out_with_the_same_output(
