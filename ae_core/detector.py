@@ -20,11 +20,11 @@ from ae_core.losses import add_penalty_gradient, feature_errors
 from ae_core.network import Autoencoder, activate
 from ae_core.scaling import OnlineScaler
 from ae_core.scoring import ResidualScorer
+from ae_core.single_event import SingleEventForward
 from ae_core.threshold import AdaptiveThreshold, QuantileThreshold
 from ae_core.windowing import SlidingWindow
 
 logger = logging.getLogger(__name__)
-FEW_ROWS = 16  # score_many of at most this many rows runs in NumPy
 
 
 @dataclass
@@ -116,6 +116,7 @@ class AutoencoderDetector(AnomalyDetector):
         """Pickled with the torch generator's state as bytes: a Generator pickles a fresh tensor
         whose storage key is a memory address, so two pickles of one detector would differ."""
         state = self.__dict__.copy()
+        state["_single"] = None  # a cache (with buffers of the last event scored): rebuilt on use
         if "_torch_rng" in state:
             state["_torch_rng"] = state["_torch_rng"].get_state().numpy().tobytes()
         return state
@@ -144,9 +145,7 @@ class AutoencoderDetector(AnomalyDetector):
 
     def _build(self, config: DetectorConfig) -> None:
         self.config = c = config
-        # score_one's NumPy copy of the weights and the scaling, dropped whenever either changes
-        self._numpy_layers: list[tuple[np.ndarray, np.ndarray, bool]] | None = None
-        self._numpy_scaling: tuple[np.ndarray, np.ndarray, float, float] | None = None
+        self._single: SingleEventForward | None = None  # score_one's copy; dropped when weights or scaling change
         self._torch_rng = torch.Generator().manual_seed(c.seed)
         self._rng = np.random.default_rng(c.seed)
         self.module = Autoencoder(c.n_features, c.hidden, c.resolved_bottleneck, c.output_activation)
@@ -185,38 +184,10 @@ class AutoencoderDetector(AnomalyDetector):
         return tuple(f"{n}[t-{lag}]" for lag in range(w - 1, -1, -1) for n in names)
 
     def score_many(self, X: np.ndarray) -> np.ndarray:
-        """Reconstruction error of each row; changes nothing. A few rows (river's ``score_one``)
-        go through a NumPy copy of the network: a torch call costs more than the arithmetic."""
+        """Reconstruction error of each row; changes nothing."""
         X = np.asarray(X, dtype=np.float64)
         self._build_for(X.shape[1])
-        if len(X) <= FEW_ROWS:
-            return self._few_rows_errors(X).mean(axis=1)
         return self._reconstruct(X)[1].mean(axis=1)
-
-    def _few_rows_errors(self, X: np.ndarray) -> np.ndarray:
-        """Per-feature errors of scaled rows through the network's weights as NumPy arrays, the
-        same float32 arithmetic as :meth:`_reconstruct` (equal to float rounding)."""
-        if self._numpy_layers is None:
-            layers = [*self.module.encoder, *self.module.decoder]
-            self._numpy_layers = [
-                (layer.weight.detach().numpy().T.copy(), layer.bias.detach().numpy().copy(),
-                 i + 1 < len(layers) and isinstance(layers[i + 1], nn.ReLU))
-                for i, layer in enumerate(layers) if isinstance(layer, nn.Linear)]
-            self._numpy_scaling = self.scaler.affine()
-        shift, scale, low, high = self._numpy_scaling  # the scaler's transform, without recomputing std
-        target = np.clip((X - shift) / scale, low, high).astype(np.float32)
-        h = target
-        for weight, bias, relu in self._numpy_layers:
-            h = h @ weight + bias
-            if relu:
-                h = np.maximum(h, 0.0)
-        c = self.config
-        if c.resolved_loss == "bce":  # binary cross-entropy with logits, computed stably
-            errors = np.maximum(h, 0.0) - h * target + np.log1p(np.exp(-np.abs(h)))
-        else:
-            recon = 1.0 / (1.0 + np.exp(-h)) if c.output_activation == "sigmoid" else h
-            errors = np.square(recon - target)
-        return errors.astype(np.float64)
 
     def learn_many(self, X: np.ndarray) -> None:
         X = np.asarray(X, dtype=np.float64)
@@ -224,12 +195,18 @@ class AutoencoderDetector(AnomalyDetector):
         self._learn(X)
 
     def score_one(self, x: dict[Any, Any]) -> float:
-        return float(self.score_many(self._vector(x))[0])
+        """:meth:`score_many` of one event, through a NumPy copy of the network
+        (:class:`~ae_core.single_event.SingleEventForward`): a torch call costs more than the arithmetic."""
+        vector = self._vector(x)
+        if self._single is None:
+            c = self.config
+            self._single = SingleEventForward(self.module, self.scaler.affine(), c.resolved_loss, c.output_activation)
+        return self._single.error(vector)
 
     def learn_one(self, x: dict[Any, Any]) -> None:
         """Buffer the event; every ``batch_size`` events, one :meth:`learn_many` step on them (a
         step per event would cost a full optimisation step each). The buffer is not checkpointed."""
-        self._learn_buffer.append(self._vector(x)[0])
+        self._learn_buffer.append(self._vector(x))
         if len(self._learn_buffer) >= self.config.batch_size:
             self.learn_many(np.vstack(self._learn_buffer))
             self._learn_buffer.clear()
@@ -406,7 +383,7 @@ class AutoencoderDetector(AnomalyDetector):
             return
         c = self.config
         self.scaler.learn_many(X)
-        self._numpy_layers = None  # the scaling changed
+        self._single = None  # the scaling changed
         for step in range(c.learn_steps):
             batch = X
             if step > 0 and self.memory_count > 0:
@@ -428,7 +405,7 @@ class AutoencoderDetector(AnomalyDetector):
         loss.backward()
         add_penalty_gradient(self._params, c.penalty, c.penalty_weight)
         self.optimizer.step()
-        self._numpy_layers = None  # the weights changed
+        self._single = None  # the weights changed
         self.last_loss = float(loss.detach())
 
     def _set_training(self, mode: bool) -> None:
@@ -452,7 +429,7 @@ class AutoencoderDetector(AnomalyDetector):
         return np.roll(self.memory, -(self.memory_count % size), axis=0)
 
     def _vector(self, x: dict[Any, Any]) -> np.ndarray:
-        """A model-input row from a dict. Made without a width, the detector takes its channels
+        """A model-input vector (1-D) from a dict. Made without a width, the detector takes its channels
         from the first dict's keys, sorted, so the order of keys never matters."""
         if not self.built:
             if self.params.get("window", 1) != 1:
@@ -461,10 +438,12 @@ class AutoencoderDetector(AnomalyDetector):
             self._keys = tuple(sorted(x, key=str))
             self._build_for(len(self._keys), tuple(str(k) for k in self._keys))
         keys = self._keys or self.feature_names
-        # a channel missing from this event reads as its running mean (a neutral value); keys the
-        # first event did not have are not part of the model and are ignored
+        try:
+            return np.fromiter(map(x.__getitem__, keys), dtype=np.float64, count=len(keys))
+        except KeyError:  # a channel missing from this event reads as its running mean (a neutral
+            pass          # value); keys the first event did not have are not part of the model
         mean = self.scaler.mean
-        return np.array([[float(x[k]) if k in x else float(mean[i]) for i, k in enumerate(keys)]])
+        return np.array([float(x[k]) if k in x else float(mean[i]) for i, k in enumerate(keys)])
 
 
 def _init_weights(module: nn.Module, generator: torch.Generator) -> None:
