@@ -25,7 +25,8 @@ from ae_core.scaling import OnlineScaler
 
 MAGIC = b"AEWCKPT1"
 FORMAT = "ae-worker/detector"
-VERSION = 2
+VERSION = 3  # 3 adds the per-key last-seen counts (key eviction); 2 is still read
+READABLE = (2, 3)
 
 
 def detector_state(det: AutoencoderDetector, metadata: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -51,6 +52,7 @@ def detector_state(det: AutoencoderDetector, metadata: dict[str, Any] | None = N
         "pending_flag": t(det.pending_flag.copy()),
         "pending_learn": t(det.pending_learn.copy()),
         "residual_ewma": {k: t(v.copy()) for k, v in det.scorer.state.items()},
+        "keys": det.keys.state(),
         "residual_raw_stats": _scaler_tensors(det.scorer.raw),
         "residual_stats": _scaler_tensors(det.scorer.normal),
         "episodes": det.episodes.state(),
@@ -64,8 +66,9 @@ def detector_state(det: AutoencoderDetector, metadata: dict[str, Any] | None = N
 def restore_detector(state: dict[str, Any]) -> AutoencoderDetector:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError("not an ae-worker detector checkpoint")
-    if state.get("version") != VERSION:
-        raise CheckpointError(f"checkpoint version {state.get('version')!r} is not supported (expected {VERSION})")
+    if state.get("version") not in READABLE:
+        raise CheckpointError(f"checkpoint version {state.get('version')!r} is not supported (expected one of "
+                              f"{', '.join(map(str, READABLE))})")
     try:
         det = AutoencoderDetector(DetectorConfig.from_dict(state["config"]))
         det.module.load_state_dict(state["module"])
@@ -92,6 +95,8 @@ def restore_detector(state: dict[str, Any]) -> AutoencoderDetector:
         det.events_seen = int(state["events_seen"])
         det.batches_learned = int(state["batches_learned"])
         det.last_loss = state["last_loss"]
+        if "keys" in state:  # version 2 has none: its keys are tracked from their next event
+            det.keys.load_state(state["keys"])
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, AECoreError) as exc:
         raise CheckpointError(f"checkpoint is inconsistent: {type(exc).__name__}: {exc}") from exc
     return det

@@ -64,6 +64,9 @@ class DetectorConfig:
     adapt_steps: int = 8
     top_k: int = 3
     seed: int = 0
+    # per-key state (windows, residual averages, open episodes)
+    key_ttl: int | None = None
+    max_keys: int | None = 100_000
 
     def __post_init__(self) -> None:
         _positive("n_channels", self.n_channels)
@@ -81,6 +84,10 @@ class DetectorConfig:
         if not 0 < self.smoothing <= 1:
             raise ConfigError("smoothing", f"must be in (0, 1], got {self.smoothing}")
         _positive("episode_quiet", self.episode_quiet)
+        if self.key_ttl is not None:
+            _positive("key_ttl", self.key_ttl)
+        if self.max_keys is not None:
+            _positive("max_keys", self.max_keys)
         if self.adapt_after is not None:
             _positive("adapt_after", self.adapt_after)
         _at_least("adapt_steps", self.adapt_steps, 0)

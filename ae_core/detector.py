@@ -16,6 +16,7 @@ from torch import nn
 from ae_core.config import MAX_ABS_READING, DetectorConfig
 from ae_core.episodes import ClosedEpisode, EpisodeTracker
 from ae_core.errors import ConfigError
+from ae_core.keys import KeyTracker
 from ae_core.losses import add_penalty_gradient, feature_errors
 from ae_core.network import Autoencoder, activate
 from ae_core.scaling import OnlineScaler
@@ -162,6 +163,7 @@ class AutoencoderDetector(AnomalyDetector):
         else:
             self.threshold = AdaptiveThreshold(c.threshold_k, max(1, c.threshold_window // c.batch_size))
         self.windows = SlidingWindow(c.window, c.n_channels)
+        self.keys = KeyTracker(c.key_ttl, c.max_keys)
         self.memory = np.zeros((c.memory_size, c.n_features))
         self.memory_count = 0
         self.pending_x = np.zeros((0, c.n_features))
@@ -237,17 +239,18 @@ class AutoencoderDetector(AnomalyDetector):
         if len(X) == 0:
             return BatchResult.empty(min(c.top_k, c.n_channels), c.resolved_bottleneck if latent else None)
         key_arr = None if keys is None else np.asarray(keys, dtype=str)
-        features = self.windows.transform(X, key_arr)
         parts, start = [], 0
         while True:
             room = c.batch_size - len(self.pending_score)
             if self.events_seen < c.warmup:
                 room = min(room, c.warmup - self.events_seen)
-            stop = min(len(features), start + room)
+            stop = min(len(X), start + room)
             part_keys = None if key_arr is None else key_arr[start:stop]
-            parts.append(self._process_segment(features[start:stop], part_keys, latent))
+            # per segment: keys are forgotten at batch ends, before the next segment's windows
+            features = self.windows.transform(X[start:stop], part_keys)
+            parts.append(self._process_segment(features, part_keys, latent))
             start = stop
-            if start >= len(features):
+            if start >= len(X):
                 return BatchResult.concat(parts)
 
     def _process_segment(self, X: np.ndarray, keys: np.ndarray | None, latent: bool) -> BatchResult:
@@ -263,6 +266,8 @@ class AutoencoderDetector(AnomalyDetector):
         deviations = self.scorer.squared_deviations(smoothed)
         first = self.events_seen
         self.events_seen += len(X)
+        if keys is not None:
+            self.keys.seen(keys.tolist(), first)
         limit = self.threshold.get()
         live = np.arange(first, self.events_seen) >= c.warmup
         score = np.where(live, self.scorer.aggregate(deviations), np.nan)
@@ -309,6 +314,15 @@ class AutoencoderDetector(AnomalyDetector):
         self.pending_score = self.pending_score[:0]
         self.pending_flag = self.pending_flag[:0]
         self.pending_learn = self.pending_learn[:0]
+        self._forget_idle_keys()
+
+    def _forget_idle_keys(self) -> None:
+        """Per-key state of keys not seen for ``key_ttl`` events, or beyond ``max_keys``, is
+        dropped at the end of a batch (fixed event counts: the same keys whatever the cuts)."""
+        for key in self.keys.expired(self.events_seen):
+            self.windows.forget(key)
+            self.scorer.forget(key)
+            self.episodes.forget(key)
 
     def _fit_warmup(self) -> None:
         """Consolidate what the warm-up taught, then restart the score statistics and threshold.

@@ -109,6 +109,10 @@ class EpisodeTracker:
             out.adapting[i] = ep.accepted
         return out
 
+    def forget(self, key: str) -> None:
+        """Drop a key's open episode, unclosed (the key was evicted: no event of it will close it)."""
+        self.open.pop(key, None)
+
     def state(self) -> dict[str, object]:
         return {"next_id": self.next_id,
                 "open": {k: [e.episode, e.age, e.quiet, e.last_flag_age, e.flagged, e.peak_score, int(e.accepted)]

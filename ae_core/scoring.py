@@ -81,7 +81,7 @@ class ResidualScorer:
         self.raw.learn_many(residuals)
         self.normal.learn_many(smoothed)
 
-    def forget_key(self, key: str) -> None:
+    def forget(self, key: str) -> None:
         """Drop a key's running average: its next event starts afresh."""
         self.state.pop(key, None)
 

@@ -26,6 +26,10 @@ class SlidingWindow:
             return X
         return per_key(X, keys, self._extend, self.width * self.n_channels)
 
+    def forget(self, key: str) -> None:
+        """Drop a key's history: its next reading starts a new window."""
+        self.history.pop(key, None)
+
     def _extend(self, key: str, rows: np.ndarray) -> np.ndarray:
         past = self.history.get(key)
         if past is None:

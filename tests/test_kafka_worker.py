@@ -585,3 +585,31 @@ def test_oversized_values_and_keys_are_dead_lettered_without_jamming_the_partiti
     assert dead["oversize"].value == big_value[:1024]
     key_headers = dict(dead["oversize_key"].headers)
     assert int(key_headers["ae-original-key-size"]) == len(big_key) and len(dead["oversize_key"].key) == 1024
+
+
+def test_keys_beyond_max_keys_are_forgotten_and_counted(kafka: str, topic_prefix: str) -> None:
+    s = settings(kafka, topic_prefix, detector={"max_keys": 8, "warmup": 64, "batch_size": 32})
+    from worker.kafka_io import ensure_topics
+
+    ensure_topics(s.kafka, [f"{topic_prefix}-in"], create=True)
+    producer = KafkaProducer(bootstrap_servers=kafka)
+    rng = np.random.default_rng(0)
+    keys = [f"pump-{i % 40}" for i in range(640)]
+    for key in keys:
+        a = float(rng.normal())
+        producer.send(f"{topic_prefix}-in", key=key.encode(),
+                      value=json.dumps({"key": key, "readings": {"a": a, "b": 2 * a}}).encode())
+    producer.flush()
+    producer.close()
+    worker = Worker(s)
+    worker.run()
+    registry = worker.metrics.registry
+    kept = registry.get_sample_value("ae_keys", {"topic": f"{topic_prefix}-in", "partition": "0"})
+    evicted = registry.get_sample_value("ae_keys_evicted_total", {"topic": f"{topic_prefix}-in"})
+    # the same stream through one detector forgets the same keys
+    alone = AutoencoderDetector(s.detector.to_config(2, ("a", "b")))
+    rng = np.random.default_rng(0)
+    values = np.array([[a, 2 * a] for a in (float(rng.normal()) for _ in keys)])
+    alone.process_many(values, np.array(keys))
+    assert kept is not None and kept <= 8 + 32  # at most max_keys after a batch, plus one batch's keys
+    assert evicted == alone.keys.evicted > 0

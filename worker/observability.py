@@ -27,6 +27,10 @@ class Metrics:
         self.regime_changes = Counter("ae_regime_changes", "Episodes accepted as a new normal after adapt_after "
                                       "events", ["topic"], registry=r)
         self.open_episodes = Gauge("ae_open_episodes", "Episodes open now", ["topic", "partition"], registry=r)
+        self.keys = Gauge("ae_keys", "Keys (devices) a partition's detector keeps state for", ["topic", "partition"],
+                          registry=r)
+        self.keys_evicted = Counter("ae_keys_evicted", "Keys forgotten: not seen for key_ttl events, or the least "
+                                    "recently seen beyond max_keys", ["topic"], registry=r)
         self.snapshot_bytes = Gauge("ae_snapshot_bytes", "Size of the last snapshot sent to the changelog",
                                     ["topic", "partition"], registry=r)
         self.snapshots_refused = Counter("ae_snapshots_refused", "Corrupt or foreign snapshots refused on "

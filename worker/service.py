@@ -63,6 +63,7 @@ class Outcome:
     alerts: int = 0
     closed: int = 0
     regime_changes: int = 0
+    keys_evicted: int = 0
     dead: list[str] = field(default_factory=list)  # kinds of the dead letters
     held: bool = False  # held back until the partition's channels are known: not committed
 
@@ -266,6 +267,7 @@ class Worker:
         m.alerts.labels(tp.topic).inc(o.alerts)
         m.episodes_closed.labels(tp.topic).inc(o.closed)
         m.regime_changes.labels(tp.topic).inc(o.regime_changes)
+        m.keys_evicted.labels(tp.topic).inc(o.keys_evicted)
         m.rebuilt_events.labels(tp.topic).inc(o.rebuilt)
         for kind in o.dead:
             m.dead_letters.labels(tp.topic, kind).inc()
@@ -311,6 +313,7 @@ class Worker:
         if not good:
             return out
         det = state.detector
+        evicted_before = det.keys.evicted
         res = det.process_many(np.array([g.values for g in good]), np.array([g.key for g in good]))
         live = np.array([m.offset >= live_from for m in good_msgs])
         flagged = np.flatnonzero(res.is_anomaly & live)
@@ -322,8 +325,10 @@ class Worker:
                                                                det.config.names)))
         out.anomalies, out.alerts, out.closed = len(flagged), int((res.alert & live).sum()), len(closed)
         out.regime_changes = int((res.regime_change & live).sum())
+        out.keys_evicted = det.keys.evicted - evicted_before
         labels = (tp.topic, str(tp.partition))
         self.metrics.open_episodes.labels(*labels).set(len(det.episodes.open))
+        self.metrics.keys.labels(*labels).set(len(det.keys))
         if not np.isnan(res.threshold[-1]):
             self.metrics.threshold.labels(*labels).set(float(res.threshold[-1]))
         if det.last_loss is not None:

@@ -83,6 +83,11 @@ class DetectorSettings(BaseModel):
                              "of an accepted episode (catching up with the new normal)")
     top_k: int = Field(3, ge=1, description="contributing channels reported per event")
     seed: int = Field(0, description="seeds weights, sampling and noise: same seed, same output")
+    key_ttl: OptionalInt = Field(None, ge=1, description="a key (device) not seen for this many events of its "
+                                 "detector is forgotten: its window, residual average and open episode "
+                                 "(none = never)")
+    max_keys: OptionalInt = Field(100_000, ge=1, description="keys a detector (one partition) keeps state for; "
+                                  "beyond it the least recently seen are forgotten (none = no bound)")
 
 
     def to_config(self, n_channels: int, channel_names: tuple[str, ...] | None = None) -> DetectorConfig:
