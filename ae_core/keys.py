@@ -11,18 +11,35 @@ import numpy as np
 
 def per_key(rows: np.ndarray, keys: np.ndarray | None, transform: Callable[[str, np.ndarray], np.ndarray],
             width: int) -> np.ndarray:
-    """``transform(key, that key's rows in order)`` for each key; results back in row order.
-
-    ``keys=None`` means one stream (key ``""``). ``width`` is the output row width.
-    """
+    """``transform(key, that key's rows in order)`` for each key (in key order); results back in
+    row order. ``keys=None`` means one stream (key ``""``). ``width`` is the output row width."""
     if keys is None:
         return transform("", rows)
     out = np.empty((len(rows), width))
-    uniq, inverse = np.unique(keys, return_inverse=True)
-    for i, key in enumerate(uniq):
-        mask = inverse == i
-        out[mask] = transform(str(key), rows[mask])
+    for key, idx in groups(keys):
+        out[idx] = transform(key, rows[idx])
     return out
+
+
+def groups(keys: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """``(key, its row indices in order)`` per distinct key, keys sorted; one sort, not a scan per key."""
+    order = np.argsort(keys, kind="stable")
+    ordered = keys[order]
+    cuts = np.flatnonzero(ordered[1:] != ordered[:-1]) + 1
+    return [(str(ordered[start]), idx) for start, idx in zip(np.r_[0, cuts].tolist(), np.split(order, cuts))]
+
+
+def occurrences(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """``(distinct keys sorted, each row's index into them, rows by occurrence)``: the last holds,
+    for r = 0, 1, ..., the rows that are their key's r-th in this batch (in key order), so a
+    recursion over each key's rows runs as one vectorised step per occurrence."""
+    distinct, inverse = np.unique(keys, return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    counts = np.bincount(inverse)
+    rank = np.empty(len(keys), dtype=np.int64)
+    rank[order] = np.arange(len(keys)) - np.repeat(np.cumsum(counts) - counts, counts)
+    by_rank = np.lexsort((inverse, rank))  # by occurrence, then by key
+    return distinct, inverse, np.split(by_rank, np.cumsum(np.bincount(rank))[:-1])
 
 
 class KeyTracker:

@@ -27,7 +27,7 @@ import math
 import numpy as np
 from scipy.signal import lfilter
 
-from ae_core.keys import per_key
+from ae_core.keys import occurrences, per_key
 from ae_core.scaling import OnlineScaler
 
 # Smallest residual spread, in scaled input units (standard deviations, or the [0, 1] range).
@@ -54,10 +54,34 @@ class ResidualScorer:
         return np.clip((residuals - self.raw.mean) / spread, -self.clip, self.clip)
 
     def smooth(self, z: np.ndarray, keys: np.ndarray | None) -> np.ndarray:
-        """EWMA of each key's standardised residuals, continuing from the state its last events left."""
+        """EWMA of each key's standardised residuals, continuing from the state its last events left.
+
+        Many keys with few events each (a fleet) run one step per occurrence, vectorised over the
+        keys; few keys with many events run a filter per key. Both compute ``a * z + (1 - a) * s``
+        in the same order, so the results are the same to the bit (a test holds them to it)."""
         if self.smoothing == 1.0:
             return z
-        return per_key(z, keys, self._smooth_key, z.shape[1])
+        if keys is None:
+            return self._smooth_key("", z)
+        distinct, inverse, by_occurrence = occurrences(keys)
+        if len(by_occurrence) > len(distinct):
+            return per_key(z, keys, self._smooth_key, z.shape[1])
+        return self._smooth_fleet(z, distinct, inverse, by_occurrence)
+
+    def _smooth_fleet(self, z: np.ndarray, distinct: np.ndarray, inverse: np.ndarray,
+                      by_occurrence: list[np.ndarray]) -> np.ndarray:
+        a, state = self.smoothing, self.state
+        first = by_occurrence[0]  # every key's first row, in key order
+        names = distinct.tolist()
+        prev = np.array([state[k] if k in state else z[row] for k, row in zip(names, first.tolist())])
+        keep = 1.0 - a
+        out = np.empty_like(z)
+        for rows in by_occurrence:
+            at = inverse[rows]
+            out[rows] = a * z[rows] + keep * prev[at]
+            prev[at] = out[rows]
+        state.update(zip(names, [row.copy() for row in prev]))  # not views of one array: keys are evicted alone
+        return out
 
     def _smooth_key(self, key: str, z: np.ndarray) -> np.ndarray:
         a = self.smoothing

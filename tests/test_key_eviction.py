@@ -88,3 +88,26 @@ def test_bad_eviction_settings_fail_naming_the_setting(name: str, value: str, mo
     monkeypatch.setenv(f"AE_DETECTOR__{name.upper()}", value)
     with pytest.raises(SettingsError, match=f"AE_DETECTOR__{name.upper()}"):
         load_settings()
+
+
+def test_fleet_smoothing_equals_the_per_key_filter_to_the_bit() -> None:
+    """Many keys run one vectorised step per occurrence, few keys a filter per key: the choice
+    depends on how a batch is cut, so both must give the same bits."""
+    from ae_core.keys import occurrences, per_key
+    from ae_core.scoring import ResidualScorer
+
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        n, n_keys = int(rng.integers(1, 300)), int(rng.integers(1, 400))
+        keys = np.array([f"k{i}" for i in rng.integers(0, n_keys, size=n)])
+        z = rng.normal(size=(n, 4)) * rng.uniform(0.1, 50)
+        fleet, one_by_one = ResidualScorer(4, 0.3, 20.0), ResidualScorer(4, 0.3, 20.0)
+        for key in set(keys[: n // 2].tolist()):  # some keys continue from an earlier state
+            fleet.state[key] = rng.normal(size=4)
+            one_by_one.state[key] = fleet.state[key].copy()
+        a = fleet._smooth_fleet(z, *occurrences(keys))
+        b = per_key(z, keys, one_by_one._smooth_key, 4)
+        np.testing.assert_array_equal(a, b)
+        assert fleet.state.keys() == one_by_one.state.keys()
+        for key, value in fleet.state.items():
+            np.testing.assert_array_equal(value, one_by_one.state[key])
