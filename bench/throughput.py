@@ -31,6 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ae_core import AutoencoderDetector, DetectorConfig  # noqa: E402
+from worker.cli import settled_garbage_collector  # noqa: E402
 from worker.pipeline import Replay  # noqa: E402
 from worker.settings import DetectorSettings, InputSettings  # noqa: E402
 from worker.simulate import simulate, write_recording  # noqa: E402
@@ -131,4 +132,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with settled_garbage_collector():  # as the ae-worker command runs
+        main()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -256,3 +258,14 @@ def test_stress_stream_replays_with_one_alert_and_an_accepted_regime_change(tmp_
     closing = [r["episode_closed"] for r in rows if "episode_closed" in r and r["episode_closed"]["accepted_as_normal"]]
     assert closing and closing[0]["episode"] == changed[0]["episode"]
     assert "new normal accepted: 1" in capsys.readouterr().out
+
+
+def test_the_command_as_a_process_gives_the_same_output(recording: Path, tmp_path: Path) -> None:
+    """As a process of its own the command runs with the imports' objects frozen out of the
+    garbage collector's sight (``settled_garbage_collector``): same output, a clean exit."""
+    assert main(["replay", str(recording), "-o", str(tmp_path / "in_process.jsonl")]) == 0
+    done = subprocess.run([sys.executable, "-m", "worker", "replay", str(recording), "-o",
+                           str(tmp_path / "process.jsonl")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "process.jsonl").read_bytes() == (tmp_path / "in_process.jsonl").read_bytes()
+    assert "leaked" not in done.stderr and "Traceback" not in done.stderr
