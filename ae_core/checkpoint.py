@@ -25,7 +25,9 @@ from ae_core.scaling import OnlineScaler
 
 MAGIC = b"AEWCKPT1"
 FORMAT = "ae-worker/detector"
-VERSION = 3  # 3 adds the per-key last-seen counts (key eviction); 2 is still read
+# 3: per-key last-seen counts (key eviction), and per-key arrays as one tensor beside a list of
+# keys (a tensor per key made 100,000 devices a 35 MiB snapshot taking 6 s); 2 is still read
+VERSION = 3
 READABLE = (2, 3)
 
 
@@ -42,7 +44,7 @@ def detector_state(det: AutoencoderDetector, metadata: dict[str, Any] | None = N
         "numpy_rng": det._rng.bit_generator.state,
         "scaler": _scaler_tensors(det.scaler),
         "threshold": det.threshold.state(),
-        "windows": {k: t(v) for k, v in det.windows.history.items()},
+        "windows": _stacked(det.windows.history),
         "memory": t(det.memory[: min(det.memory_count, det.config.memory_size)].copy()),
         "memory_count": det.memory_count,
         "pending_x": t(det.pending_x.copy()),
@@ -51,7 +53,7 @@ def detector_state(det: AutoencoderDetector, metadata: dict[str, Any] | None = N
         "pending_score": t(det.pending_score.copy()),
         "pending_flag": t(det.pending_flag.copy()),
         "pending_learn": t(det.pending_learn.copy()),
-        "residual_ewma": {k: t(v.copy()) for k, v in det.scorer.state.items()},
+        "residual_ewma": _stacked(det.scorer.state),
         "keys": det.keys.state(),
         "residual_raw_stats": _scaler_tensors(det.scorer.raw),
         "residual_stats": _scaler_tensors(det.scorer.normal),
@@ -77,7 +79,7 @@ def restore_detector(state: dict[str, Any]) -> AutoencoderDetector:
         det._rng.bit_generator.state = state["numpy_rng"]
         det.scaler.load_state(_scaler_state(state["scaler"]))
         det.threshold.load_state(state["threshold"])
-        det.windows.history = {str(k): v.numpy().copy() for k, v in state["windows"].items()}
+        det.windows.history = _unstacked(state["windows"], state["version"])
         memory = state["memory"].numpy()
         det.memory[: len(memory)] = memory
         det.memory_count = int(state["memory_count"])
@@ -87,7 +89,7 @@ def restore_detector(state: dict[str, Any]) -> AutoencoderDetector:
         det.pending_score = state["pending_score"].numpy().copy()
         det.pending_flag = state["pending_flag"].numpy().copy()
         det.pending_learn = state["pending_learn"].numpy().copy()
-        det.scorer.state = {str(k): v.numpy().copy() for k, v in state["residual_ewma"].items()}
+        det.scorer.state = _unstacked(state["residual_ewma"], state["version"])
         det.scorer.raw.load_state(_scaler_state(state["residual_raw_stats"]))
         det.scorer.normal.load_state(_scaler_state(state["residual_stats"]))
         det.episodes.load_state(state["episodes"])
@@ -100,6 +102,23 @@ def restore_detector(state: dict[str, Any]) -> AutoencoderDetector:
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, AECoreError) as exc:
         raise CheckpointError(f"checkpoint is inconsistent: {type(exc).__name__}: {exc}") from exc
     return det
+
+
+def _stacked(per_key: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Arrays of one shape per key as ``{"keys": [...], "values": tensor (keys, ...)}``."""
+    keys = list(per_key)
+    values = np.stack([per_key[k] for k in keys]) if keys else np.empty(0)
+    return {"keys": keys, "values": torch.from_numpy(values)}
+
+
+def _unstacked(saved: dict[str, Any], version: int) -> dict[str, np.ndarray]:
+    """Per-key arrays back from :func:`_stacked`, or from version 2's tensor per key."""
+    if version >= 3:
+        keys, values = saved["keys"], saved["values"].numpy()
+        if len(keys) != (len(values) if keys else 0):
+            raise ValueError(f"{len(keys)} keys for {len(values)} per-key rows")
+        return {str(k): row.copy() for k, row in zip(keys, values)}
+    return {str(k): v.numpy().copy() for k, v in saved.items()}
 
 
 def _scaler_tensors(scaler: OnlineScaler) -> dict[str, torch.Tensor]:

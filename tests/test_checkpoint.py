@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import pickle
 
@@ -87,3 +88,35 @@ def test_dumps_is_deterministic_for_equal_state() -> None:
     a = AutoencoderDetector(config("default"))
     b = AutoencoderDetector(config("default"))
     assert dumps(a) == dumps(b)
+
+
+def test_version_2_checkpoints_still_restore_and_continue_identically(saved) -> None:
+    det, _ = saved
+    state = detector_state(det)
+    state["version"] = 2  # version 2 kept a tensor per key and no last-seen counts
+    state["windows"] = {k: torch.from_numpy(v.copy()) for k, v in det.windows.history.items()}
+    state["residual_ewma"] = {k: torch.from_numpy(v.copy()) for k, v in det.scorer.state.items()}
+    del state["keys"]
+    twin = restore_detector(copy.deepcopy(state))  # as from bytes: no tensor shared with det
+    nxt, keys = correlated(130, 2, seed=9), np.array(["a", "b"] * 65)
+    np.testing.assert_array_equal(det.process_many(nxt, keys).score, twin.process_many(nxt, keys).score)
+
+
+def test_per_key_state_without_its_keys_is_refused(saved) -> None:
+    det, _ = saved
+    state = detector_state(det)
+    state["residual_ewma"]["keys"].append("ghost")
+    with pytest.raises(CheckpointError, match="inconsistent"):
+        restore_detector(state)
+
+
+def test_many_devices_make_a_compact_snapshot() -> None:
+    """Per-key arrays go in one tensor: a few hundred bytes per device, not a tensor each."""
+    det = AutoencoderDetector(config("default", window=3))
+    base = len(dumps(det))
+    keys = np.array([f"device-{i:05d}" for i in range(20_000)])
+    det.process_many(correlated(20_000, 5), keys)
+    assert len(det.windows.history) == 20_000 and len(det.scorer.state) > 19_000  # (warm-up keys restart)
+    per_key = (len(dumps(det)) - base) / 20_000
+    print(f"{per_key:.0f} bytes per device")
+    assert per_key < 1.5 * (8 * 15 + 8 * 2 * 5 + 40)  # EWMA of 15 features, window of 2 x 5 readings, name, count
