@@ -613,3 +613,35 @@ def test_keys_beyond_max_keys_are_forgotten_and_counted(kafka: str, topic_prefix
     alone.process_many(values, np.array(keys))
     assert kept is not None and kept <= 8 + 32  # at most max_keys after a batch, plus one batch's keys
     assert evicted == alone.keys.evicted > 0
+
+
+def test_partitions_added_to_the_input_topic_are_picked_up(kafka: str, topic_prefix: str) -> None:
+    """The consumer refreshes its metadata every 10 s (kafka-python's default is 5 minutes): a
+    partition added to the topic, or one missing from the metadata when the group formed (a
+    topic created just before), is assigned within seconds, not minutes."""
+    from kafka.admin import KafkaAdminClient, NewPartitions
+
+    from worker.kafka_io import ensure_topics
+
+    s = settings(kafka, topic_prefix, service={"idle_timeout": 120})
+    ensure_topics(s.kafka, [f"{topic_prefix}-in"], create=True)
+    worker = Worker(s)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not worker.assignment() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert worker.assignment() == {TopicPartition(f"{topic_prefix}-in", 0)}
+        admin = KafkaAdminClient(bootstrap_servers=kafka)
+        admin.create_partitions({f"{topic_prefix}-in": NewPartitions(total_count=2)})
+        admin.close()
+        added = TopicPartition(f"{topic_prefix}-in", 1)
+        deadline = time.monotonic() + 45  # 10 s refresh, a rebalance, a busy machine
+        while added not in worker.assignment() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert added in worker.assignment()
+    finally:
+        worker.stop.set()
+        thread.join(timeout=60)
+    assert not thread.is_alive()

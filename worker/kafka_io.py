@@ -47,6 +47,11 @@ def make_consumer(k: KafkaSettings, **overrides: Any) -> KafkaConsumer:
         "session_timeout_ms": k.session_timeout_ms,
         "heartbeat_interval_ms": max(1000, k.session_timeout_ms // 3),
         "max_poll_interval_ms": k.max_poll_interval_ms,
+        # A topic created just before the group forms can be missing from the metadata a member
+        # assigns with; the group then assigns it to no one until the next metadata refresh (seen
+        # in CI: a worker idle for its whole test). Refreshing every 10 s, not every 5 minutes,
+        # bounds that wait; the cost is one small request per 10 s.
+        "metadata_max_age_ms": 10_000,
         # exactly-once reads see only committed input (and never the aborted records of an upstream)
         "isolation_level": "read_committed" if k.exactly_once else "read_uncommitted",
     }
