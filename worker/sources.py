@@ -230,8 +230,7 @@ class Recording:
         ``np.loadtxt`` (C; the same correctly rounded values as ``float``); None otherwise."""
         o, sep = self.options, self.options.sep
         text = [line.rstrip("\r\n") for line in lines]
-        fields = [line.split(sep) for line in text]
-        if any(len(f) != len(header) for f in fields):
+        if any(line.count(sep) != len(header) - 1 for line in text):
             return None
         where = {name: i for i, name in enumerate(header)}
         numeric = [where[c] for c in self.channels] + ([where[o.label_column]] if o.label_column else [])
@@ -248,8 +247,8 @@ class Recording:
         return RowBatch(
             index=np.arange(first, first + len(lines), dtype=np.int64),
             values=np.ascontiguousarray(values),
-            times=[f[where[o.time_column]] for f in fields] if o.time_column else None,
-            keys=[f[where[o.key_column]] for f in fields] if o.key_column else None,
+            times=_column(text, sep, where[o.time_column]) if o.time_column else None,
+            keys=_column(text, sep, where[o.key_column]) if o.key_column else None,
             labels=labels,
         )
 
@@ -314,6 +313,11 @@ class Recording:
             labels=np.asarray(labels, dtype=np.float64) if o.label_column else None,
             bad=bad,
         )
+
+
+def _column(lines: list[str], sep: str, i: int) -> list[str]:
+    """Field ``i`` of unquoted lines, splitting no further than it."""
+    return [line.split(sep, i + 1)[i] for line in lines]
 
 
 def _reading(fields: dict[str, Any], name: str) -> float:
