@@ -22,30 +22,17 @@ import time
 import uuid
 from pathlib import Path
 
-import orjson
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition  # noqa: E402
+from kafka import KafkaConsumer, TopicPartition  # noqa: E402
 
+from bench.kafka_throughput import fill  # noqa: E402
 from worker.kafka_io import ensure_topics  # noqa: E402
 from worker.settings import load_settings  # noqa: E402
-from worker.simulate import channel_names, simulate  # noqa: E402
+from worker.simulate import simulate  # noqa: E402
 
 PARTITIONS = 4
-
-
-def fill(bootstrap: str, topic: str, events: int, features: int) -> None:
-    X, _, _ = simulate(events, features, seed=0)
-    names = channel_names(features)
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=256 * 1024)
-    for i, row in enumerate(X.tolist()):
-        device = i % PARTITIONS
-        event = {"key": f"pump-{device}", "timestamp": 1_700_000_000_000 + i * 1000, "readings": dict(zip(names, row))}
-        producer.send(topic, key=f"pump-{device}".encode(), value=orjson.dumps(event), partition=device)
-    producer.flush()
-    producer.close()
 
 
 def committed_total(consumer: KafkaConsumer, tps: list[TopicPartition]) -> int:
@@ -98,7 +85,7 @@ def main() -> None:
     settings = load_settings(kafka={"bootstrap_servers": args.bootstrap, "input_topics": topic,
                                     "topic_partitions": PARTITIONS, "create_topics": True})
     ensure_topics(settings.kafka, [topic], create=True)
-    fill(args.bootstrap, topic, args.events, args.features)
+    fill(args.bootstrap, topic, simulate(args.events, args.features, seed=0)[0], PARTITIONS)
     print(f"events: {args.events} on {PARTITIONS} partitions, {args.features} features, {os.cpu_count()} cores, "
           "at least once, one torch thread per worker")
     base = None

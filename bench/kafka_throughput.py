@@ -41,12 +41,14 @@ from worker.settings import Settings, load_settings  # noqa: E402
 from worker.simulate import channel_names, simulate  # noqa: E402
 
 
-def fill(bootstrap: str, topic: str, X: np.ndarray) -> None:
+def fill(bootstrap: str, topic: str, X: np.ndarray, partitions: int = 1) -> None:
+    """The rows as events of devices pump-1 ... pump-<partitions>, event i to partition i % partitions."""
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=256 * 1024)
     names = channel_names(X.shape[1])
     for i, row in enumerate(X.tolist()):
-        event = {"key": "pump-1", "timestamp": 1_700_000_000_000 + i * 1000, "readings": dict(zip(names, row))}
-        producer.send(topic, key=b"pump-1", value=orjson.dumps(event))
+        device = f"pump-{i % partitions + 1}"
+        event = {"key": device, "timestamp": 1_700_000_000_000 + i * 1000, "readings": dict(zip(names, row))}
+        producer.send(topic, key=device.encode(), value=orjson.dumps(event), partition=i % partitions)
     producer.flush()
     producer.close()
 

@@ -175,11 +175,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(settings.torch_threads)
         from worker import commands
 
-        command = getattr(commands, args.command)
-        if argv is None:  # a process of its own (not a call from a test or a notebook)
-            with settled_garbage_collector():
-                return int(command(args, settings) or 0)
-        return int(command(args, settings) or 0)
+        # a process of its own (argv None) settles the collector; a call from a test or a notebook does not
+        with settled_garbage_collector() if argv is None else contextlib.nullcontext():
+            return int(getattr(commands, args.command)(args, settings) or 0)
     except (WorkerError, AECoreError) as exc:
         print(f"ae-worker: error: {exc}", file=sys.stderr)
         return 2

@@ -6,7 +6,7 @@ import csv
 import itertools
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -242,15 +242,7 @@ class Recording:
         if len(parsed) != len(lines):  # loadtxt passes over blank lines
             return None
         values, labels = (parsed[:, :-1], parsed[:, -1]) if o.label_column else (parsed, None)
-        if not (np.abs(values) <= MAX_ABS_READING).all() or (labels is not None and not np.isfinite(labels).all()):
-            return None
-        return RowBatch(
-            index=np.arange(first, first + len(lines), dtype=np.int64),
-            values=np.ascontiguousarray(values),
-            times=_column(text, sep, where[o.time_column]) if o.time_column else None,
-            keys=_column(text, sep, where[o.key_column]) if o.key_column else None,
-            labels=labels,
-        )
+        return self._whole_chunk(first, values, labels, lambda name: _column(text, sep, where[name]))
 
     def _csv_chunk(self, first: int, rows: list[list[str]], header: list[str]) -> RowBatch:
         """One numpy conversion when every row is well-formed and numeric; else row by row."""
@@ -275,13 +267,21 @@ class Recording:
                       if o.label_column else None)
         except ValueError:
             return None
+        return self._whole_chunk(first, values.reshape(len(rows), len(self.channels)), labels,
+                                 lambda name: [row[where[name]] for row in rows])
+
+    def _whole_chunk(self, first: int, values: np.ndarray, labels: np.ndarray | None,
+                     column: Callable[[str], list[str]]) -> RowBatch | None:
+        """A chunk parsed in one go (both fast paths), if every reading is in range and every
+        label finite; None sends it row by row. ``column(name)`` gives a text column's values."""
+        o = self.options
         if not (np.abs(values) <= MAX_ABS_READING).all() or (labels is not None and not np.isfinite(labels).all()):
             return None
         return RowBatch(
-            index=np.arange(first, first + len(rows), dtype=np.int64),
-            values=values.reshape(len(rows), len(self.channels)),
-            times=[row[where[o.time_column]] for row in rows] if o.time_column else None,
-            keys=[row[where[o.key_column]] for row in rows] if o.key_column else None,
+            index=np.arange(first, first + len(values), dtype=np.int64),
+            values=np.ascontiguousarray(values),
+            times=column(o.time_column) if o.time_column else None,
+            keys=column(o.key_column) if o.key_column else None,
             labels=labels,
         )
 
