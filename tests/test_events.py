@@ -97,3 +97,109 @@ def test_record_keys_too_long_to_be_a_device_id_are_refused() -> None:
     assert parser.parse(value, b"k" * 256, None).key == "k" * 256
     named = json.dumps({"key": "pump-1", "readings": {"a": 1.0}}).encode()
     assert parser.parse(named, b"k" * 300, None).key == "pump-1"  # the event's own key wins
+
+
+def _outcome(result: object) -> tuple:
+    """What a parse result means, down to the float bits and types of the values."""
+    if isinstance(result, EventError):
+        return ("error", result.kind, result.reason)
+    return ("event", result.key, [repr(v) for v in result.values], result.event_time, result.record_ts_ms)
+
+
+def _parse_one(parser: EventParser, value: bytes | None, key: bytes | None, ts: int | None) -> tuple:
+    try:
+        return _outcome(parser.parse(value, key, ts))
+    except EventError as exc:
+        return _outcome(exc)
+
+
+AWKWARD_EVENTS: list[bytes | None] = [
+    dumps({"key": "pump-1", "readings": {"a": 1.5, "b": -2.25}}),
+    dumps({"key": "pump-1", "timestamp": "2026-01-01T00:00:00Z", "readings": {"b": 1, "a": -0.0}}),
+    dumps({"key": "pump-2", "timestamp": 1_767_225_600_000, "readings": [0.1, 0.2]}),
+    dumps({"key": "pump-2", "timestamp": 1_767_225_600, "readings": [3, 4]}),
+    dumps({"key": "pump-2", "timestamp": 1_767_225_600.25, "readings": [1e15, -1e15]}),
+    dumps({"key": "pump-2", "timestamp": None, "readings": [0.1, 0.2], "site": {"x": [1, 2]}}),
+    dumps({"readings": {"a": 1.0, "b": 2.0}}),  # the record key, or none
+    dumps({"key": None, "readings": {"a": 1.0, "b": 2.0}}),
+    dumps({"key": "", "readings": {"a": 1.0, "b": 2.0}}),
+    dumps({"key": "é" * 256, "readings": {"a": 1.0, "b": 2.0}}),
+    dumps({"key": "é" * 257, "readings": {"a": 1.0, "b": 2.0}}),
+    dumps({"key": 7, "readings": {"a": 1.0, "b": 2.0}}),
+    dumps({"key": "k", "readings": {"a": True, "b": 2.0}}),
+    dumps({"key": "k", "readings": {"a": "1", "b": 2.0}}),
+    dumps({"key": "k", "readings": {"a": None, "b": 2.0}}),
+    dumps({"key": "k", "readings": {"a": [1.0], "b": 2.0}}),
+    dumps({"key": "k", "readings": {"a": 1e300, "b": 2.0}}),
+    dumps({"key": "k", "readings": [1.0, 2 ** 70]}),
+    b'{"key": "k", "readings": {"a": NaN, "b": 2.0}}',
+    b'{"key": "k", "readings": {"a": Infinity, "b": 2.0}}',
+    b'{"key": "k", "readings": {"a": 1e400, "b": 2.0}}',
+    b'{"key": "k", "readings": {"a": 1.0, "a": 3.0, "b": 2.0}}',
+    dumps({"key": "k", "readings": {"a": 1.0}}),
+    dumps({"key": "k", "readings": {"a": 1.0, "b": 2.0, "c": 3.0}}),
+    dumps({"key": "k", "readings": {"a": 1.0, "b": 2.0, "c": "x"}}),
+    dumps({"key": "k", "readings": [1.0]}),
+    dumps({"key": "k", "readings": []}),
+    dumps({"key": "k", "readings": {}}),
+    dumps({"key": "k", "readings": 3.0}),
+    dumps({"key": "k"}),
+    dumps([1.0, 2.0]),
+    dumps("text"),
+    b"not json",
+    b'\xef\xbb\xbf{"key": "k", "readings": [1.0, 2.0]}',
+    b'{"key": "\\ud800", "readings": [1.0, 2.0]}',
+    b'{"key": "\xff", "readings": [1.0, 2.0]}',
+    b'{"key": "k", "readings": [1.0, 2.0]} trailing',
+    b'  {"key": "k", "readings": [1.0, 2.0]}\n',
+    None,
+    dumps({"key": "k", "readings": [1.0, 2.0], "pad": "x" * 2000}),  # over max_bytes
+    dumps({"key": "k", "timestamp": "yesterday", "readings": [1.0, 2.0]}),
+    dumps({"key": "k", "timestamp": True, "readings": [1.0, 2.0]}),
+    dumps({"key": "k", "timestamp": [2026], "readings": [1.0, 2.0]}),
+    dumps({"key": "k", "timestamp": 10 ** 30, "readings": [1.0, 2.0]}),
+    dumps({"key": "k", "timestamp": "2026-01-01", "readings": [1.0, 2.0]}),
+    b'{"key": "k", "readings": [1.0, 2.0], "deep": ' + b"[" * 160 + b"]" * 160 + b"}",
+    b'{"key": "k", "readings": [1.0, 2.0], "deep": ' + b"[" * 210 + b"]" * 210 + b"}",
+]
+
+
+@pytest.mark.parametrize("allow_unknown", [False, True])
+def test_parsing_a_poll_at_once_gives_what_parsing_each_event_gives(allow_unknown: bool) -> None:
+    """The fast path decides nothing of its own: values, types, timestamps and dead-letter
+    reasons are those of parse(), whatever else shares the poll."""
+    parser = EventParser(("a", "b"), allow_unknown, 1500)
+    record_keys = [b"rk-1", None, b"", b"x" * 300]
+    kinds, events = set(), 0
+    for rotation in range(len(record_keys)):
+        keys = [record_keys[(i + rotation) % len(record_keys)] for i in range(len(AWKWARD_EVENTS))]
+        stamps = [1_767_225_600_000 + i for i in range(len(AWKWARD_EVENTS))]
+        expected = [_parse_one(parser, v, k, t) for v, k, t in zip(AWKWARD_EVENTS, keys, stamps)]
+        together = [_outcome(r) for r in parser.parse_many(AWKWARD_EVENTS, keys, stamps)]
+        assert together == expected
+        alone = [_outcome(parser.parse_many([v], [k], [t])[0]) for v, k, t in zip(AWKWARD_EVENTS, keys, stamps)]
+        assert alone == expected
+        kinds |= {o[1] for o in expected if o[0] == "error"}
+        events += sum(o[0] == "event" for o in expected)
+    # the corpus reaches every reason, and the fast path's share
+    assert kinds == {"not_json", "wrong_type", "not_finite", "out_of_range", "missing_field", "schema", "empty",
+                     "oversize", "oversize_key"} | ({"unknown_channel"} if not allow_unknown else set())
+    assert events >= 4 * 10
+
+
+def test_parsing_a_poll_without_channels_refuses_each_event_as_parse_does() -> None:
+    parser = EventParser(None, False, 1000)
+    values = [dumps({"key": "k", "readings": {"a": 1.0}}), dumps({"key": "k", "readings": [1.0]})]
+    results = parser.parse_many(values, [None, None], [None, None])
+    assert [(r.kind, r.reason) for r in results] == [
+        (e.kind, e.reason) for e in (pytest.raises(EventError, parser.parse, v, None, None).value for v in values)]
+
+
+def test_events_of_the_usual_shape_are_decoded_without_parse(monkeypatch: pytest.MonkeyPatch) -> None:
+    parser = EventParser(("a", "b"), False, 1000)
+    usual = [dumps({"key": "k", "timestamp": 1_767_225_600_000, "readings": {"a": 1.0, "b": 2}}),
+             dumps({"readings": [3.0, 4.0]})]
+    monkeypatch.setattr(parser, "parse", lambda *a: pytest.fail("the fast path sent a usual event to parse()"))
+    first, second = parser.parse_many(usual, [None, b"valve-3"], [None, 5])
+    assert (first.key, first.values, first.timestamp) == ("k", [1.0, 2.0], "2026-01-01T00:00:00+00:00")
+    assert (second.key, second.values, second.record_ts_ms) == ("valve-3", [3.0, 4.0], 5)

@@ -296,15 +296,16 @@ class Worker:
         parser = self.partitions.parser(tp)
         live_from = self.partitions.live_from(tp, messages)
         good, good_msgs = [], []
-        for msg in messages:
-            try:
-                good.append(parser.parse(msg.value, msg.key, msg.timestamp))
+        parsed = parser.parse_many([m.value for m in messages], [m.key for m in messages],
+                                   [m.timestamp for m in messages])
+        for msg, event in zip(messages, parsed):
+            if not isinstance(event, EventError):
+                good.append(event)
                 good_msgs.append(msg)
-            except EventError as exc:
-                if msg.offset >= live_from:  # an earlier owner dead-lettered the others
-                    logger.warning("dead letter %s/%d/%d: %s", msg.topic, msg.partition, msg.offset, exc.reason)
-                    out.sends.append(self.delivery.send(dead_letter(self.settings.kafka.dlq_topic, msg, exc)))
-                    out.dead.append(exc.kind)
+            elif msg.offset >= live_from:  # an earlier owner dead-lettered the others
+                logger.warning("dead letter %s/%d/%d: %s", msg.topic, msg.partition, msg.offset, event.reason)
+                out.sends.append(self.delivery.send(dead_letter(self.settings.kafka.dlq_topic, msg, event)))
+                out.dead.append(event.kind)
         out.rebuilt = sum(1 for m in messages if m.offset < live_from)
         out.events = len(messages) - out.rebuilt
         out.scored = sum(1 for m in good_msgs if m.offset >= live_from)
