@@ -141,6 +141,12 @@ def test_anomalies_topic_holds_exactly_what_replay_flags(kafka: str, topic_prefi
     assert registry.get_sample_value("ae_threshold", labels) > 0
     assert registry.get_sample_value("ae_training_loss", labels) > 0
     assert registry.get_sample_value("ae_batch_seconds_count") == stats.batches
+    stages = {stage: registry.get_sample_value("ae_stage_seconds_total", {"stage": stage})
+              for stage in ("poll", "parse", "detector", "outputs", "publish", "commit")}
+    assert all(seconds > 0 for seconds in stages.values()), stages
+    in_batches = sum(seconds for stage, seconds in stages.items() if stage != "poll")
+    assert in_batches <= registry.get_sample_value("ae_batch_seconds_sum")
+    assert stages["detector"] > stages["parse"]
 
 
 MALFORMED = {

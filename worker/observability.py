@@ -43,6 +43,10 @@ class Metrics:
         self.batch_seconds = Histogram("ae_batch_seconds", "Time to score, publish and commit one mini-batch",
                                        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
                                        registry=r)
+        self.stage_seconds = Counter("ae_stage_seconds", "Time spent per stage of the mini-batches: poll (fetching "
+                                     "and decoding events), parse, detector, outputs (building and sending the "
+                                     "records), publish (waiting for them to be acknowledged), commit (snapshots "
+                                     "and the offsets)", ["stage"], registry=r)
         self.lag = Gauge("ae_consumer_lag", "High watermark minus committed position", ["topic", "partition"],
                          registry=r)
         self.threshold = Gauge("ae_threshold", "Current anomaly threshold", ["topic", "partition"], registry=r)

@@ -13,7 +13,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -142,6 +143,7 @@ class Worker:
                     return
             if self.partitions.arrived:
                 self._retry("restoring partition state", self.partitions.restore_arrived)
+            polled_at = time.perf_counter()
             records = self._retry("polling", lambda n=budget: self._consumer.poll(timeout_ms=k.poll_timeout_ms,
                                                                                    max_records=n))
             if self.health:
@@ -158,6 +160,7 @@ class Worker:
                 continue
             self._idle_since = time.monotonic()
             started = time.perf_counter()
+            self.metrics.stage_seconds.labels("poll").inc(started - polled_at)  # (a poll that brought events)
             if self.stats.first_records_at is None:
                 self.stats.first_records_at = started
             self.process(records)
@@ -231,12 +234,14 @@ class Worker:
         self.delivery.begin()
         try:
             outcomes = {tp: self._process_partition(tp, messages) for tp, messages in batch.items()}
-            self.delivery.published([f for o in outcomes.values() for f in o.sends], "anomalies and dead letters")
+            with self._stage("publish"):
+                self.delivery.published([f for o in outcomes.values() for f in o.sends], "anomalies and dead letters")
             self._unpublished = False
             commits = {tp: OffsetAndMetadata(batch[tp][-1].offset + 1, "", -1) for tp, o in outcomes.items()
                        if not o.held and tp not in parts.rebuild_until}  # never move a commit back mid-rebuild
-            snapshots = [self.delivery.send(out) for out in (self._snapshot(tp) for tp in commits) if out]
-            committed = self.delivery.commit(commits, snapshots)
+            with self._stage("commit"):
+                snapshots = [self.delivery.send(out) for out in (self._snapshot(tp) for tp in commits) if out]
+                committed = self.delivery.commit(commits, snapshots)
         except BatchFailed as exc:
             logger.warning("batch failed (%s): processing it again from the last committed state", exc)
             self.delivery.abort()
@@ -296,8 +301,9 @@ class Worker:
         parser = self.partitions.parser(tp)
         live_from = self.partitions.live_from(tp, messages)
         good, good_msgs = [], []
-        parsed = parser.parse_many([m.value for m in messages], [m.key for m in messages],
-                                   [m.timestamp for m in messages])
+        with self._stage("parse"):
+            parsed = parser.parse_many([m.value for m in messages], [m.key for m in messages],
+                                       [m.timestamp for m in messages])
         for msg, event in zip(messages, parsed):
             if not isinstance(event, EventError):
                 good.append(event)
@@ -315,15 +321,17 @@ class Worker:
             return out
         det = state.detector
         evicted_before = det.keys.evicted
-        res = det.process_many(np.array([g.values for g in good]), np.array([g.key for g in good]))
+        with self._stage("detector"):
+            res = det.process_many(np.array([g.values for g in good]), np.array([g.key for g in good]))
         live = np.array([m.offset >= live_from for m in good_msgs])
         flagged = np.flatnonzero(res.is_anomaly & live)
         closed = [i for i in res.closed if live[i]]
         rows = np.union1d(np.union1d(flagged, np.flatnonzero(res.regime_change & live)), closed).astype(np.int64)
         output = self.settings.kafka.output_topic
-        for i, record in zip(rows.tolist(), result_records(res, det.config.names, rows)):
-            out.sends.append(self.delivery.send(anomaly_record(output, good_msgs[i], good[i], record,
-                                                               det.config.names)))
+        with self._stage("outputs"):
+            for i, record in zip(rows.tolist(), result_records(res, det.config.names, rows)):
+                out.sends.append(self.delivery.send(anomaly_record(output, good_msgs[i], good[i], record,
+                                                                   det.config.names)))
         out.anomalies, out.alerts, out.closed = len(flagged), int((res.alert & live).sum()), len(closed)
         out.regime_changes = int((res.regime_change & live).sum())
         out.keys_evicted = det.keys.evicted - evicted_before
@@ -335,6 +343,15 @@ class Worker:
         if det.last_loss is not None:
             self.metrics.loss.labels(*labels).set(det.last_loss)
         return out
+
+    @contextmanager
+    def _stage(self, name: str) -> Iterator[None]:
+        """Adds the block's time to ``ae_stage_seconds{stage=name}``."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.metrics.stage_seconds.labels(name).inc(time.perf_counter() - started)
 
     # -- partition state ----------------------------------------------------------------------------
     def _snapshot(self, tp: TopicPartition, force: bool = False) -> Any:

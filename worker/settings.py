@@ -135,7 +135,10 @@ class KafkaSettings(BaseModel):
     client_id: str = Field("ae-worker", description="client id seen by the brokers")
     auto_offset_reset: Literal["earliest", "latest"] = Field(
         "earliest", description="where a group without committed offsets starts")
-    max_poll_records: int = Field(500, ge=1, description="most events per mini-batch")
+    # Each batch pays a commit and a flush round trip (~7 ms here): through a backlog, 2000 events
+    # a batch ran 1.25x as fast as 500 (p50 latency 40 ms, 13 ms); a live stream's batches hold
+    # what arrived meanwhile, whatever the bound.
+    max_poll_records: int = Field(2000, ge=1, description="most events per mini-batch")
     poll_timeout_ms: int = Field(200, ge=1, description="longest wait for a mini-batch to fill")
     session_timeout_ms: int = Field(10_000, ge=1000, description="group session timeout")
     max_poll_interval_ms: int = Field(300_000, ge=1000, description="longest gap between polls (/healthz)")
