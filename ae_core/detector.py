@@ -216,7 +216,6 @@ class AutoencoderDetector(AnomalyDetector):
     def encode(self, X: np.ndarray) -> np.ndarray:
         """Bottleneck representation of model-input rows, shape ``(N, q)``."""
         x = torch.from_numpy(self.scaler.transform(np.asarray(X, dtype=np.float64)).astype(np.float32))
-        self._set_training(False)
         with torch.inference_mode():
             return self.module.encode(x).numpy().astype(np.float64)
 
@@ -385,7 +384,6 @@ class AutoencoderDetector(AnomalyDetector):
         """Residuals ``x_hat - x`` and per-feature errors of scaled rows; changes nothing."""
         c = self.config
         target = torch.from_numpy(self.scaler.transform(X).astype(np.float32))
-        self._set_training(False)
         with torch.inference_mode():
             logits = self.module(target)
             recon = activate(logits, c.output_activation)
@@ -413,7 +411,6 @@ class AutoencoderDetector(AnomalyDetector):
         inputs = target
         if c.denoise_sigma > 0:
             inputs = target + c.denoise_sigma * torch.randn(target.shape, generator=self._torch_rng)
-        self._set_training(True)
         self.optimizer.zero_grad(set_to_none=True)
         loss = feature_errors(self.module(inputs), target, c.resolved_loss, c.output_activation).mean()
         loss.backward()
@@ -421,11 +418,6 @@ class AutoencoderDetector(AnomalyDetector):
         self.optimizer.step()
         self._single = None  # the weights changed
         self.last_loss = float(loss.detach())
-
-    def _set_training(self, mode: bool) -> None:
-        # Module.train() walks every submodule; skip the walk when the mode is already right.
-        if self.module.training != mode:
-            self.module.train(mode)
 
     def _remember(self, X: np.ndarray) -> None:
         size = self.config.memory_size
