@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch._dynamo  # noqa: F401  (see below)
 from river.base import AnomalyDetector
 from torch import nn
 
@@ -24,6 +25,11 @@ from ae_core.scoring import ResidualScorer
 from ae_core.single_event import SingleEventForward
 from ae_core.threshold import AdaptiveThreshold, QuantileThreshold
 from ae_core.windowing import SlidingWindow
+
+# torch.optim imports torch._dynamo at the first optimisation step: seconds, and ~140,000 Python
+# objects. Imported with the detector, both land at start-up, not in a batch, and a process that
+# then freezes its imports out of the garbage collector's sight (worker.cli) freezes these too:
+# left to the first step, every full collection walked them (a replay: 0.5 s per 100,000 events).
 
 logger = logging.getLogger(__name__)
 
