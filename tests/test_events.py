@@ -161,6 +161,8 @@ AWKWARD_EVENTS: list[bytes | None] = [
     dumps({"key": "k", "timestamp": "2026-01-01", "readings": [1.0, 2.0]}),
     b'{"key": "k", "readings": [1.0, 2.0], "deep": ' + b"[" * 160 + b"]" * 160 + b"}",
     b'{"key": "k", "readings": [1.0, 2.0], "deep": ' + b"[" * 210 + b"]" * 210 + b"}",
+    b'{"key": "k", "readings": [1.0, 2.0], "timestamp": ' + b"[" * 210 + b"]" * 210 + b"}",
+    b'{"key": "k", "readings": [' + b"[" * 210 + b"]" * 210 + b', 2.0]}',
 ]
 
 

@@ -15,8 +15,9 @@ from ae_core.config import MAX_ABS_READING
 
 Reading = Annotated[float, Strict(), Field(allow_inf_nan=False, ge=-MAX_ABS_READING, le=MAX_ABS_READING)]
 MAX_KEY_BYTES = 256  # device ids longer than this are refused, as a JSON field or a record key
-# parse_many's fast path leaves to parse() any event with this many brackets, which might nest
-# too deep (pydantic's JSON parser refuses nesting past 200 levels; orjson takes up to 1024).
+# parse_many's fast path leaves to parse() any event with fields of its own and this many
+# brackets: they might nest too deep (pydantic's JSON parser refuses nesting past 200 levels,
+# orjson takes up to 1024).
 FAST_MAX_BRACKETS = 150
 
 class SensorEvent(BaseModel):
@@ -120,8 +121,6 @@ class EventParser:
         channels = self.channels
         if value is None or channels is None or len(value) > self.max_bytes:
             return None
-        if len(value) >= 2 * FAST_MAX_BRACKETS and value.count(b"[") + value.count(b"{") >= FAST_MAX_BRACKETS:
-            return None
         try:
             event = orjson.loads(value)
         except orjson.JSONDecodeError:
@@ -129,6 +128,9 @@ class EventParser:
         if type(event) is not dict:
             return None
         readings, key = event.get("readings"), event.get("key")
+        extra_fields = len(event) - ("readings" in event) - ("key" in event) - ("timestamp" in event)
+        if extra_fields and value.count(b"[") + value.count(b"{") >= FAST_MAX_BRACKETS:
+            return None  # (the readings hold numbers once checked, and the timestamp is validated by pydantic)
         if key is None:
             if not record_key or len(record_key) > MAX_KEY_BYTES:
                 return None
