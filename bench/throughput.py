@@ -7,8 +7,9 @@ Per width (8 and 32 features), in steady state (start-up and warm-up excluded), 
 network on the same 256-event batches, nothing else: the speed of the model;
 ``detector``: AutoencoderDetector.process_many on 4096-event chunks (score, decide and learn every
 event); ``replay``: the whole ``ae-worker replay`` from a CSV file to a JSON lines file (steady
-state: a replay of the whole file minus one of its first half); and replay as a fraction of the
-bare step and of the detector (what reading and writing cost).
+state: the second half of the file, timed batch by batch within the replay); and replay as a
+fraction of the bare step and of the detector (what reading and writing cost). The three take
+turns for ``--repeat`` rounds; each figure is the fastest round's.
 
 Then per number of device keys (1, 10,000, 100,000; each in a fresh process): events/s of the
 detector on ``--key-events`` keyed events and the growth of the process's resident memory.
@@ -33,10 +34,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ae_core import AutoencoderDetector, DetectorConfig  # noqa: E402
 from worker.cli import settled_garbage_collector  # noqa: E402
 from worker.pipeline import Replay  # noqa: E402
+from worker.results import RunSummary  # noqa: E402
 from worker.settings import DetectorSettings, InputSettings  # noqa: E402
 from worker.simulate import simulate, write_recording  # noqa: E402
 from worker.sinks import JsonLinesSink  # noqa: E402
-from worker.sources import Recording  # noqa: E402
+from worker.sources import Recording, RowBatch  # noqa: E402
 
 CHUNK = 4096
 
@@ -66,21 +68,30 @@ def detector_rate(warm: np.ndarray, X: np.ndarray, keys: np.ndarray | None = Non
     return len(X) / (time.perf_counter() - started)
 
 
-def replay_seconds(X: np.ndarray, labels: np.ndarray, folder: Path) -> float:
+class TimedReplay(Replay):
+    """A replay that notes when each batch was done and how many rows it held."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)
+        self.done: list[tuple[float, int]] = []
+
+    def _process(self, batch: RowBatch, channels: tuple[str, ...], summary: RunSummary) -> None:
+        super()._process(batch, channels, summary)
+        self.done.append((time.perf_counter(), len(batch.index) + len(batch.bad)))
+
+
+def replay_rate(X: np.ndarray, labels: np.ndarray, folder: Path) -> float:
+    """Steady state, in one replay of the whole recording: the rows of the batches of its second
+    half over the time from the end of the batch before them to the end of the last (reading
+    included; start-up and the warm-up fit are in the first half)."""
     path = folder / f"rec{X.shape[1]}.csv"
     write_recording(path, X, labels)
-    rec = Recording(path, InputSettings())
-    sinks = JsonLinesSink(folder / "out.jsonl"), JsonLinesSink(folder / "err.jsonl")
-    return Replay(DetectorSettings(), *sinks).run(rec).seconds
-
-
-def replay_rate(X: np.ndarray, labels: np.ndarray, folder: Path, repeat: int) -> float:
-    """Steady state: the recording's second half costs the whole replay's time minus a replay of
-    its first half (start-up and the warm-up fit are in both); each time the fastest of ``repeat``."""
-    half = len(X) // 2
-    whole = min(replay_seconds(X, labels, folder) for _ in range(repeat))
-    first = min(replay_seconds(X[:half], labels[:half], folder) for _ in range(repeat))
-    return (len(X) - half) / (whole - first)
+    replay = TimedReplay(DetectorSettings(), JsonLinesSink(folder / "out.jsonl"), JsonLinesSink(folder / "err.jsonl"))
+    replay.run(Recording(path, InputSettings()))
+    ends = np.array([t for t, _ in replay.done])
+    rows = np.cumsum([n for _, n in replay.done])
+    mid = int(np.searchsorted(rows, rows[-1] // 2))
+    return float((rows[-1] - rows[mid]) / (ends[-1] - ends[mid]))
 
 
 def resident_bytes() -> int:
@@ -115,10 +126,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for width in (8, 32):
             X, labels, _ = simulate(args.events + 20_000, width, seed=0)
-            # this machine's speed wanders: each figure is the fastest of --repeat runs
-            bare = max(bare_step_rate(X[: args.events]) for _ in range(args.repeat))
-            d = max(detector_rate(X[args.events:], X[: args.events]) for _ in range(args.repeat))
-            r = replay_rate(X[: args.events], labels[: args.events], Path(tmp), args.repeat)
+            # this machine's speed wanders: the three take turns for --repeat rounds, and each
+            # figure is its fastest round's
+            bare = d = r = 0.0
+            for _ in range(args.repeat):
+                bare = max(bare, bare_step_rate(X[: args.events]))
+                d = max(d, detector_rate(X[args.events:], X[: args.events]))
+                r = max(r, replay_rate(X[: args.events], labels[: args.events], Path(tmp)))
             print(f"{width:>3} features: bare torch step {bare:>9,.0f}   detector {d:>9,.0f}   "
                   f"replay CSV->JSONL {r:>9,.0f} events/s   replay / bare step {r / bare:.2f}   "
                   f"replay / detector {r / d:.2f}")
