@@ -20,6 +20,7 @@ MAX_KEY_BYTES = 256  # device ids longer than this are refused, as a JSON field 
 # orjson takes up to 1024).
 FAST_MAX_BRACKETS = 150
 
+
 class SensorEvent(BaseModel):
     """One reading of one device.
 
@@ -54,6 +55,10 @@ class EventError(ValueError):
         super().__init__(reason)
         self.kind = kind
         self.reason = reason
+
+
+_NUMBER_TYPES = {float, int}
+_TIMESTAMPS = TypeAdapter(list[datetime | None])  # SensorEvent.timestamp's type, for a whole poll at once
 
 
 class EventParser:
@@ -169,10 +174,6 @@ class EventParser:
             unknown = sorted(set(readings) - set(self.channels))
             raise EventError("unknown_channel", f"unknown channel {unknown[0]!r}")
         return values
-
-
-_NUMBER_TYPES = {float, int}
-_TIMESTAMPS = TypeAdapter(list[datetime | None])
 
 
 def infer_channels(values: list[bytes | None], max_bytes: int) -> tuple[tuple[str, ...] | None, int]:
