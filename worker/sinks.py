@@ -54,10 +54,10 @@ def json_lines(rows: list[dict[str, Any]]) -> bytes:
     else does (a nested object beginning with that key would): else one call per row."""
     first = next(iter(rows[0]), None)
     if isinstance(first, str) and all(rows) and all(map(first.__eq__, map(next, map(iter, rows)))):
-        key = orjson.dumps(first)
+        opening = orjson.dumps(first) + b":"
         inner = orjson.dumps(rows, option=orjson.OPT_SERIALIZE_NUMPY)[1:-1]
-        if inner.count(b"},{" + key + b":") == len(rows) - 1:
-            return inner.replace(b"},{" + key + b":", b"}\n{" + key + b":") + b"\n"
+        if inner.count(b"},{" + opening) == len(rows) - 1:
+            return inner.replace(b"},{" + opening, b"}\n{" + opening) + b"\n"
     return b"\n".join([orjson.dumps(row, option=orjson.OPT_SERIALIZE_NUMPY) for row in rows]) + b"\n"
 
 
