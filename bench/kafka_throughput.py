@@ -8,8 +8,8 @@ about 9%), fills a fresh one-partition topic with simulated events, then measure
 events: a bare KafkaConsumer poll loop (no parsing); the detector alone (``process_many`` on
 poll-sized chunks, its warm-up included as in the worker); and ``ae-worker run`` (parse,
 validate, score, learn, publish anomalies, commit) at least once and exactly once (one
-transaction per batch). The work of the two parts run one after the other allows at most ``1 /
-(1/consume + 1/detector)`` events/s (the two-part limit); the worker's rate is printed as a
+transaction per batch). The work of the two parts run one after the other allows at most
+``1 / (1/consume + 1/detector)`` events/s (the two-part limit); the worker's rate is printed as a
 fraction of it and of the bare consumer, with p50/p99 batch latency. The parts and the workers
 take turns for ``--repeat`` rounds, each figure the fastest round's. Ends with the size and
 serialisation time of one partition snapshot.
