@@ -26,9 +26,10 @@ from ae_core.scaling import OnlineScaler
 MAGIC = b"AEWCKPT1"
 FORMAT = "ae-worker/detector"
 # 3: per-key last-seen counts (key eviction), and per-key arrays as one tensor beside a list of
-# keys (a tensor per key made 100,000 devices a 35 MiB snapshot taking 6 s); 2 is still read
-VERSION = 3
-READABLE = (2, 3)
+# keys (a tensor per key made 100,000 devices a 35 MiB snapshot taking 6 s); 4: the threshold's
+# summaries exactly as held (a restore was off in the last bits); 2 and 3 are still read
+VERSION = 4
+READABLE = (2, 3, 4)
 
 
 def detector_state(det: AutoencoderDetector, metadata: dict[str, Any] | None = None) -> dict[str, Any]:

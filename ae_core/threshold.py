@@ -63,12 +63,32 @@ class AdaptiveThreshold:
         root = self._total.mean.get() + self.k * math.sqrt(max(self._total.get(), 0.0))
         return max(root, 0.0) ** 3
 
-    def state(self) -> list[list[float]]:
-        return [[b.mean.n, b.mean.get(), b.get()] for b in self._batches]
+    def state(self) -> dict[str, object]:
+        """Every summary as river holds it (count, mean, sum of squared deviations) and the merge
+        count since the last rebuild: a restored threshold equals the saved one to the bit,
+        including the rounding its running merges had accumulated."""
+        return {"batches": [_raw(b) for b in self._batches], "total": _raw(self._total),
+                "since_rebuild": self._since_rebuild}
 
-    def load_state(self, batches: list[list[float]]) -> None:
-        self._batches = deque(stats.Var._from_state(n, m, v) for n, m, v in batches)
-        self._rebuild()
+    def load_state(self, saved: dict[str, object] | list[list[float]]) -> None:
+        if isinstance(saved, list):  # checkpoints before version 4: (n, mean, variance) per batch
+            self._batches = deque(stats.Var._from_state(n, m, v) for n, m, v in saved)
+            self._rebuild()
+            return
+        self._batches = deque(_var(*raw) for raw in saved["batches"])  # type: ignore[attr-defined]
+        self._total = _var(*saved["total"])  # type: ignore[misc]
+        self._since_rebuild = int(saved["since_rebuild"])  # type: ignore[call-overload]
+
+
+def _raw(var: stats.Var) -> list[float]:
+    return [float(var.mean.n), float(var.mean._mean), float(var._S)]
+
+
+def _var(n: float, mean: float, squares: float) -> stats.Var:
+    var = stats.Var()
+    var.mean = stats.Mean._from_state(n, mean)
+    var._S = squares
+    return var
 
 
 class QuantileThreshold:

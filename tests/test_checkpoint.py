@@ -12,7 +12,7 @@ import torch
 
 from ae_core import AutoencoderDetector, CheckpointError, load_detector, save_detector
 from ae_core.checkpoint import MAGIC, detector_state, dumps, loads, restore_detector
-from tests.helpers import config, correlated
+from tests.helpers import CONFIGS, config, correlated
 
 
 @pytest.fixture
@@ -120,3 +120,23 @@ def test_many_devices_make_a_compact_snapshot() -> None:
     per_key = (len(dumps(det)) - base) / 20_000
     print(f"{per_key:.0f} bytes per device")
     assert per_key < 1.5 * (8 * 15 + 8 * 2 * 5 + 40)  # EWMA of 15 features, window of 2 x 5 readings, name, count
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_a_restore_anywhere_gives_bit_identical_results_threshold_included(name: str) -> None:
+    """Saved at odd points (mid-batch, across threshold rebuilds) and restored from bytes, the
+    detector decides exactly what the uninterrupted one decides: every field, every bit."""
+    cfg = config(name, threshold_window=3 * CONFIGS[name].get("batch_size", 256))  # rebuilds every 3 batches
+    n = 64 + 9 * cfg.batch_size + 37
+    X, keys = correlated(n, cfg.n_channels, seed=3), np.array(["a", "b", "c"] * n)[:n]
+    X[n // 2: n // 2 + 40] += 4.0  # an incident: flags, episodes, maybe an accepted new normal
+    whole = AutoencoderDetector(cfg).process_many(X, keys)
+    for cut in (101, 64 + cfg.batch_size + 5, n - cfg.batch_size - 3):
+        first = AutoencoderDetector(cfg)
+        head = first.process_many(X[:cut], keys[:cut])
+        tail = loads(dumps(first)).process_many(X[cut:], keys[cut:])
+        for field_name in ("score", "error", "threshold", "is_anomaly", "top_channels", "top_shares", "episode",
+                           "alert", "closed_episode", "regime_change"):
+            joined = np.concatenate([getattr(head, field_name), getattr(tail, field_name)])
+            np.testing.assert_array_equal(joined, getattr(whole, field_name), err_msg=f"{field_name} after {cut}")
+    assert np.isfinite(whole.threshold).sum() > 0
