@@ -4,11 +4,17 @@ File layout: the 8-byte magic ``AEWCKPT1``, the SHA-256 of the payload (32 bytes
 payload: a ``torch.save`` of plain dicts, lists, numbers, strings and tensors. Loading checks the
 magic (a foreign file is refused), the digest (a corrupt or truncated file is refused), and
 reads the payload with ``torch.load(weights_only=True)``, which cannot run arbitrary code.
+
+Signed with a secret ``key``, the magic is ``AEWCKPTS`` and the digest an HMAC-SHA256 of the
+payload under that key: whoever can write the file (or the changelog topic) but does not hold
+the key cannot make a checkpoint that loads. Loading with a key refuses unsigned and wrongly
+signed checkpoints; loading a signed one without the key refuses it too (it cannot be checked).
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import io
 import os
 import tempfile
@@ -20,10 +26,11 @@ import torch
 
 from ae_core.config import DetectorConfig
 from ae_core.detector import AutoencoderDetector
-from ae_core.errors import AECoreError, CheckpointError
+from ae_core.errors import AECoreError, CheckpointError, SignatureError
 from ae_core.scaling import OnlineScaler
 
 MAGIC = b"AEWCKPT1"
+SIGNED_MAGIC = b"AEWCKPTS"
 FORMAT = "ae-worker/detector"
 # 3: per-key last-seen counts (key eviction), and per-key arrays as one tensor beside a list of
 # keys (a tensor per key made 100,000 devices a 35 MiB snapshot taking 6 s); 4: the threshold's
@@ -132,23 +139,34 @@ def _scaler_state(tensors: dict[str, torch.Tensor]) -> dict[str, object]:
     return state
 
 
-def dumps(det: AutoencoderDetector, metadata: dict[str, Any] | None = None) -> bytes:
-    """The checkpoint as bytes; ``metadata`` (plain values) is stored beside the detector."""
+def dumps(det: AutoencoderDetector, metadata: dict[str, Any] | None = None, key: bytes | None = None) -> bytes:
+    """The checkpoint as bytes; ``metadata`` (plain values) is stored beside the detector. With
+    ``key`` it is signed (HMAC-SHA256) instead of only checksummed."""
     buffer = io.BytesIO()
     torch.save(detector_state(det, metadata), buffer)
     payload = buffer.getvalue()
+    if key is not None:
+        return SIGNED_MAGIC + hmac.new(key, payload, hashlib.sha256).digest() + payload
     return MAGIC + hashlib.sha256(payload).digest() + payload
 
 
-def loads(blob: bytes) -> AutoencoderDetector:
-    return loads_with_metadata(blob)[0]
+def loads(blob: bytes, key: bytes | None = None) -> AutoencoderDetector:
+    return loads_with_metadata(blob, key)[0]
 
 
-def loads_with_metadata(blob: bytes) -> tuple[AutoencoderDetector, dict[str, Any]]:
-    if not blob.startswith(MAGIC):
+def loads_with_metadata(blob: bytes, key: bytes | None = None) -> tuple[AutoencoderDetector, dict[str, Any]]:
+    """The detector and its metadata; with ``key`` only a checkpoint signed with that key loads."""
+    magic, digest, payload = blob[:len(MAGIC)], blob[len(MAGIC): len(MAGIC) + 32], blob[len(MAGIC) + 32:]
+    if magic not in (MAGIC, SIGNED_MAGIC):
         raise CheckpointError("not an ae-worker detector checkpoint (bad magic bytes)")
-    digest, payload = blob[len(MAGIC): len(MAGIC) + 32], blob[len(MAGIC) + 32:]
-    if hashlib.sha256(payload).digest() != digest:
+    if magic == SIGNED_MAGIC and key is None:
+        raise SignatureError("checkpoint is signed and no key is set to check it (set the snapshot key)")
+    if magic == MAGIC and key is not None:
+        raise SignatureError("checkpoint is not signed and a key is set: unsigned checkpoints are refused")
+    if key is not None:
+        if not hmac.compare_digest(hmac.new(key, payload, hashlib.sha256).digest(), digest):
+            raise SignatureError("checkpoint signature does not match (signed with another key, altered, or forged)")
+    elif hashlib.sha256(payload).digest() != digest:
         raise CheckpointError("checkpoint is corrupt or truncated (checksum mismatch)")
     try:
         state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
@@ -159,9 +177,9 @@ def loads_with_metadata(blob: bytes) -> tuple[AutoencoderDetector, dict[str, Any
 
 
 def save_detector(det: AutoencoderDetector, path: str | os.PathLike[str],
-                  metadata: dict[str, Any] | None = None) -> None:
+                  metadata: dict[str, Any] | None = None, key: bytes | None = None) -> None:
     """Write atomically: a crash mid-write leaves the previous checkpoint in place."""
-    write_blob(dumps(det, metadata), path)
+    write_blob(dumps(det, metadata, key), path)
 
 
 def write_blob(blob: bytes, path: str | os.PathLike[str]) -> None:
@@ -179,16 +197,17 @@ def write_blob(blob: bytes, path: str | os.PathLike[str]) -> None:
         raise
 
 
-def load_detector(path: str | os.PathLike[str]) -> AutoencoderDetector:
-    return load_detector_with_metadata(path)[0]
+def load_detector(path: str | os.PathLike[str], key: bytes | None = None) -> AutoencoderDetector:
+    return load_detector_with_metadata(path, key)[0]
 
 
-def load_detector_with_metadata(path: str | os.PathLike[str]) -> tuple[AutoencoderDetector, dict[str, Any]]:
+def load_detector_with_metadata(path: str | os.PathLike[str],
+                                key: bytes | None = None) -> tuple[AutoencoderDetector, dict[str, Any]]:
     try:
         blob = Path(path).read_bytes()
     except OSError as exc:
         raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
     try:
-        return loads_with_metadata(blob)
+        return loads_with_metadata(blob, key)
     except CheckpointError as exc:
-        raise CheckpointError(f"{path}: {exc}") from exc
+        raise type(exc)(f"{path}: {exc}") from exc

@@ -17,3 +17,7 @@ class ConfigError(AECoreError, ValueError):
 
 class CheckpointError(AECoreError):
     """A checkpoint is corrupt, truncated, foreign or of an unsupported version."""
+
+
+class SignatureError(CheckpointError):
+    """A checkpoint's signature is missing, wrong, or cannot be checked without the key."""

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from ae_core import AutoencoderDetector, CheckpointError, load_detector, save_detector
-from ae_core.checkpoint import MAGIC, detector_state, dumps, loads, restore_detector
+from ae_core import AutoencoderDetector, CheckpointError, SignatureError, load_detector, save_detector
+from ae_core.checkpoint import MAGIC, detector_state, dumps, loads, loads_with_metadata, restore_detector
 from tests.helpers import CONFIGS, config, correlated
 
 
@@ -140,3 +140,25 @@ def test_a_restore_anywhere_gives_bit_identical_results_threshold_included(name:
             joined = np.concatenate([getattr(head, field_name), getattr(tail, field_name)])
             np.testing.assert_array_equal(joined, getattr(whole, field_name), err_msg=f"{field_name} after {cut}")
     assert np.isfinite(whole.threshold).sum() > 0
+
+
+def test_signed_checkpoints_load_only_with_their_key(saved) -> None:
+    det, _ = saved
+    key = b"k" * 32
+    signed = dumps(det, {"next_offset": 5}, key=key)
+    twin, meta = loads_with_metadata(signed, key)
+    assert meta == {"next_offset": 5} and twin.events_seen == det.events_seen
+    with pytest.raises(SignatureError, match="another key"):
+        loads(signed, b"x" * 32)
+    with pytest.raises(SignatureError, match="no key"):
+        loads(signed)
+    with pytest.raises(SignatureError, match="not signed"):
+        loads(dumps(det), key)
+    # whoever can write the changelog but lacks the key: a valid checksum does not make it load
+    forged = signed[:8] + hashlib.sha256(signed[40:]).digest() + signed[40:]
+    with pytest.raises(SignatureError):
+        loads(forged, key)
+    tampered = bytearray(signed)
+    tampered[-50] ^= 1
+    with pytest.raises(SignatureError, match="does not match"):
+        loads(bytes(tampered), key)

@@ -541,7 +541,8 @@ def test_a_corrupt_snapshot_is_refused_and_the_partition_rebuilt(kafka: str, top
     again = Worker(s)
     stats = again.run()  # no crash loop: refused, counted, rebuilt from the partition's first offset
     assert stats.events == 500 and stats.rebuilt == 1500
-    refused = again.metrics.registry.get_sample_value("ae_snapshots_refused_total", {"topic": f"{topic_prefix}-in"})
+    refused = again.metrics.registry.get_sample_value("ae_snapshots_refused_total",
+                                                      {"topic": f"{topic_prefix}-in", "reason": "corrupt"})
     assert refused == 1
     published = anomaly_offsets(kafka, f"{topic_prefix}-out")
     assert set(published) == expected_anomalies(Recording(tmp_path / "all.csv", opts), s)
@@ -549,7 +550,7 @@ def test_a_corrupt_snapshot_is_refused_and_the_partition_rebuilt(kafka: str, top
 
 def test_snapshots_larger_than_a_broker_message_go_through_the_changelog(kafka: str, topic_prefix: str,
                                                                         tmp_path: Path) -> None:
-    from worker.partition_state import StateStore
+    from worker.partition_state import LogBounds, StateStore
 
     s = settings(kafka, topic_prefix, detector={"window": 25}, service={"idle_timeout": 3})
     rec = recording_file(tmp_path, 1200, seed=11)
@@ -559,7 +560,8 @@ def test_snapshots_larger_than_a_broker_message_go_through_the_changelog(kafka: 
     tp = TopicPartition(f"{topic_prefix}-in", 0)
     size = worker.metrics.registry.get_sample_value("ae_snapshot_bytes", {"topic": tp.topic, "partition": "0"})
     assert size > 1_100_000  # over the broker's default message.max.bytes
-    snapshot = StateStore(s, worker.metrics).latest([tp], {tp: 1200}, exactly_once=False)[tp]
+    bounds = {tp: LogBounds(start=0, end=1200, committed=1200, topic_id=None)}
+    snapshot = StateStore(s, worker.metrics).latest([tp], bounds, exactly_once=False)[tp]
     assert snapshot.next_offset == 1200 and snapshot.detector.events_seen == 1200
 
 

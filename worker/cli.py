@@ -10,6 +10,8 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+from kafka.errors import KafkaError
+
 from ae_core import AECoreError
 from worker.errors import WorkerError
 from worker.logs import configure_logging
@@ -181,6 +183,13 @@ def main(argv: list[str] | None = None) -> int:
     except (WorkerError, AECoreError) as exc:
         print(f"ae-worker: error: {exc}", file=sys.stderr)
         return 2
+    except KafkaError as exc:  # the cluster refused something for good: one line, the trace at debug level
+        logger.debug("Kafka error", exc_info=True)
+        print(f"ae-worker: error: Kafka: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("ae-worker: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

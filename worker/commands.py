@@ -131,7 +131,8 @@ def produce(args: argparse.Namespace, settings: Settings) -> int:
     recording = Recording(args.input, settings.input)
     print(recording.describe(), file=sys.stderr)
     key = args.key or Path(args.input).stem
-    sent = send_recording(recording, settings.kafka, args.topic, key, args.speed, settings.kafka.create_topics)
+    sent = send_recording(recording, settings.kafka, args.topic, key, args.speed, settings.kafka.create_topics,
+                          settings.service.start_timeout)
     print(f"sent {sent} events from {args.input} to {args.topic}")
     return 0
 
@@ -139,7 +140,8 @@ def produce(args: argparse.Namespace, settings: Settings) -> int:
 def record(args: argparse.Namespace, settings: Settings) -> int:
     from worker.transfer import record as write_topic
 
-    written = write_topic(settings.kafka, args.topic, Path(args.output), args.max_events, args.record_idle_timeout)
+    written = write_topic(settings.kafka, args.topic, Path(args.output), args.max_events, args.record_idle_timeout,
+                          settings.service.start_timeout)
     print(f"wrote {written} events from {args.topic} to {args.output}")
     return 0
 

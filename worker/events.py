@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import math
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from itertools import chain
 from typing import Annotated, Any, NamedTuple
 
@@ -14,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, TypeAdapter, Validati
 from ae_core.config import MAX_ABS_READING
 
 Reading = Annotated[float, Strict(), Field(allow_inf_nan=False, ge=-MAX_ABS_READING, le=MAX_ABS_READING)]
+NO_TIMESTAMP = -1  # Kafka's record timestamp when a record has none
+UTF8_BOM = b"\xef\xbb\xbf"  # some producers (Windows tools) put it before the JSON
 MAX_KEY_BYTES = 256  # device ids longer than this are refused, as a JSON field or a record key
 # parse_many's fast path leaves to parse() any event with fields of its own and this many
 # brackets: they might nest too deep (pydantic's JSON parser refuses nesting past 200 levels,
@@ -44,8 +45,17 @@ class ParsedEvent(NamedTuple):  # (a frozen dataclass took 0.9 us to make, more 
 
     @property
     def timestamp(self) -> str | None:
-        """ISO 8601, from the event or else the record; formatted only when asked (anomalies)."""
+        """ISO 8601, from the event or else the record; formatted only when asked (anomalies).
+        None when neither has one, or the record's is beyond what ISO 8601 years can say."""
         return self.event_time.isoformat() if self.event_time else _ms_to_iso(self.record_ts_ms)
+
+    @property
+    def unreadable_record_time(self) -> int | None:
+        """The record timestamp in epoch milliseconds when it stands for the event time but no
+        date-time can show it (before year 1 or after 9999): kept as it came, beside a null."""
+        if self.event_time is not None or self.record_ts_ms is None or self.record_ts_ms == NO_TIMESTAMP:
+            return None
+        return self.record_ts_ms if _ms_to_iso(self.record_ts_ms) is None else None
 
 
 class EventError(ValueError):
@@ -66,6 +76,9 @@ class EventParser:
 
     def __init__(self, channels: tuple[str, ...] | None, allow_unknown: bool, max_bytes: int) -> None:
         self.channels = channels
+        # A list of readings is read in the configured order only: channels found from the first
+        # events' names give no order a list producer could have agreed to.
+        self.lists_allowed = channels is not None
         self.allow_unknown = allow_unknown
         self.max_bytes = max_bytes
 
@@ -75,7 +88,7 @@ class EventParser:
         if len(value) > self.max_bytes:
             raise EventError("oversize", f"event of {len(value)} bytes exceeds max_event_bytes={self.max_bytes}")
         try:
-            event = SensorEvent.model_validate_json(value)
+            event = SensorEvent.model_validate_json(value.removeprefix(UTF8_BOM))
         except ValidationError as exc:
             raise EventError(_kind(exc), _describe(exc)) from None
         if event.key is None and record_key is not None and len(record_key) > MAX_KEY_BYTES:
@@ -150,7 +163,7 @@ class EventParser:
             except KeyError:
                 return None
             every = vector if len(readings) == len(vector) else list(readings.values())
-        elif type(readings) is list and len(readings) == len(channels) and readings:
+        elif type(readings) is list and len(readings) == len(channels) and readings and self.lists_allowed:
             vector = every = readings
         else:
             return None
@@ -158,8 +171,9 @@ class EventParser:
 
     def _vector(self, readings: dict[str, float] | list[float]) -> list[float]:
         if isinstance(readings, list):
-            if self.channels is None:
-                raise EventError("schema", "readings is a list but no channel names are configured")
+            if self.channels is None or not self.lists_allowed:
+                raise EventError("schema", "readings is a list but no channel names are configured "
+                                           "(set AE_EVENTS__CHANNELS to the list's order)")
             if len(readings) != len(self.channels):
                 raise EventError("schema", f"{len(readings)} readings for {len(self.channels)} channels")
             return readings
@@ -189,7 +203,7 @@ def infer_channels(values: list[bytes | None], max_bytes: int) -> tuple[tuple[st
         if value is None or len(value) > max_bytes:
             continue
         try:
-            readings = SensorEvent.model_validate_json(value).readings
+            readings = SensorEvent.model_validate_json(value.removeprefix(UTF8_BOM)).readings
         except ValidationError:
             continue
         if isinstance(readings, dict) and readings:
@@ -224,6 +238,13 @@ def _describe(exc: ValidationError) -> str:
 
 
 def _ms_to_iso(ms: int | None) -> str | None:
-    if ms is None or ms < 0 or not math.isfinite(ms):
+    """A record timestamp as ISO 8601; None without one, or outside years 1 to 9999."""
+    if ms is None or ms == NO_TIMESTAMP:
         return None
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat()
+    try:
+        return (EPOCH + timedelta(milliseconds=ms)).isoformat()
+    except OverflowError:
+        return None
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)

@@ -3,21 +3,72 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
+import kafka.codec
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
-from kafka.errors import TopicAlreadyExistsError
+from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from worker.errors import WorkerError
 from worker.settings import KafkaSettings
 
 logger = logging.getLogger(__name__)
 PRODUCER_BATCH_BYTES = 256 * 1024  # per partition; larger records still go out alone
+BOOTSTRAP_PROBE_MS = 1500  # one attempt to reach a bootstrap server at start-up
+START_RETRY_S = 2.0  # pause between attempts (a stop request ends the wait at once)
 
 
 class TopicMissingError(WorkerError):
     """A topic the worker needs does not exist and creating it was not asked for."""
+
+
+class BrokerUnavailableError(WorkerError):
+    """No bootstrap server answered within the start-up timeout."""
+
+
+def check_codecs() -> None:
+    """Every compression a producer may use must be decodable, or the first compressed batch
+    would stop a partition for good: fail at start-up naming the missing library instead."""
+    missing = [name for name, has in (("snappy", kafka.codec.has_snappy), ("lz4", kafka.codec.has_lz4),
+                                      ("zstd", kafka.codec.has_zstd)) if not has()]
+    if missing:
+        raise WorkerError(f"kafka-python cannot decode {', '.join(missing)} compressed records in this "
+                          "environment: install 'kafka-python[lz4,snappy,zstd]' (ae-worker's own dependencies)")
+
+
+def wait_for_broker(k: KafkaSettings, stop: threading.Event, timeout: float | None,
+                    waiting: Callable[[str, BaseException], None] | None = None) -> bool:
+    """Until a bootstrap server answers: one log line per attempt (every few seconds), ``waiting``
+    told each time. False when ``stop`` was set meanwhile; :class:`BrokerUnavailableError` after
+    ``timeout`` seconds (None: no limit). Errors that waiting cannot mend (authentication, bad
+    settings) are raised at once."""
+    started = time.monotonic()
+    attempt = 0
+    while not stop.is_set():
+        attempt += 1
+        try:
+            KafkaAdminClient(**connection_config(k), bootstrap_timeout_ms=BOOTSTRAP_PROBE_MS).close()
+            if attempt > 1:
+                logger.info("the broker at %s answers: starting", k.bootstrap_servers)
+            return True
+        except KafkaError as exc:
+            if not exc.retriable:
+                raise
+            waited = time.monotonic() - started
+            if timeout is not None and waited >= timeout:
+                raise BrokerUnavailableError(f"no Kafka broker answered at {k.bootstrap_servers} within "
+                                             f"{timeout:g} s (AE_SERVICE__START_TIMEOUT): {exc}") from None
+            limit = f"{timeout:g} s" if timeout is not None else "no limit"
+            logger.warning("waiting for the broker at %s (attempt %d, %.0f s of %s): %s", k.bootstrap_servers,
+                           attempt, waited, limit, exc)
+            if waiting is not None:
+                waiting("starting", exc)
+            stop.wait(START_RETRY_S)
+    return False
 
 
 def connection_config(k: KafkaSettings) -> dict[str, Any]:

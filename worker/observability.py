@@ -33,9 +33,9 @@ class Metrics:
                                     "recently seen beyond max_keys", ["topic"], registry=r)
         self.snapshot_bytes = Gauge("ae_snapshot_bytes", "Size of the last snapshot sent to the changelog",
                                     ["topic", "partition"], registry=r)
-        self.snapshots_refused = Counter("ae_snapshots_refused", "Corrupt or foreign snapshots refused on "
-                                         "assignment (the partition was rebuilt from its first offset)",
-                                         ["topic"], registry=r)
+        self.snapshots_refused = Counter("ae_snapshots_refused", "Snapshots refused on assignment (the partition "
+                                         "was rebuilt without them): reason corrupt, signature or offset",
+                                         ["topic", "reason"], registry=r)
         self.rebuilt_events = Counter("ae_rebuilt_events", "Events re-processed after an assignment to rebuild "
                                       "a detector, without publishing", ["topic"], registry=r)
         self.dead_letters = Counter("ae_dead_letters", "Events sent to the dead-letter topic", ["topic", "kind"],

@@ -14,10 +14,15 @@ import orjson
 
 from worker.events import EventError, ParsedEvent
 
-# Dead letters must fit the dead-letter topic (1 MB by default, headers included).
+# Every record must fit its topic (Kafka's max.message.bytes: 1 MB by default, key and headers
+# included), whatever the input record held: a record the broker refuses would stop the worker
+# on every restart. Dead letters keep at most 512 KiB of value, 1 KiB of key and 256 KiB of the
+# original headers; anomaly records leave their readings out past RECORD_MAX_BYTES.
 DLQ_MAX_VALUE_BYTES = 512 * 1024
 DLQ_HEAD_BYTES = 1024
 DLQ_MAX_KEY_BYTES = 1024
+DLQ_MAX_HEADER_BYTES = 256 * 1024
+RECORD_MAX_BYTES = 900 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +30,7 @@ class Outgoing:
     topic: str
     key: bytes | None
     value: bytes | None
-    headers: list[tuple[str, bytes]]
+    headers: list[tuple[str, bytes | None]]
 
 
 def output_kind(record: dict[str, Any]) -> str:
@@ -50,18 +55,29 @@ def anomaly_record(topic: str, msg: Any, event: ParsedEvent, record: dict[str, A
         "source": {"topic": msg.topic, "partition": msg.partition, "offset": msg.offset},
     }
     del payload["is_anomaly"]
+    unreadable = event.unreadable_record_time
+    if unreadable is not None:  # a record time no date-time can show: kept as it came
+        payload["record_timestamp_ms"] = unreadable
     headers = [("content-type", b"application/json"), ("ae-type", kind.encode()),
                ("ae-source", f"{msg.topic}/{msg.partition}/{msg.offset}".encode()),
                ("ae-score", repr(record["score"]).encode()),
-               ("ae-top-channel", record["contributions"][0]["channel"].encode())]
-    return Outgoing(topic, event.key.encode(), orjson.dumps(payload), headers)
+               ("ae-top-channel", record["contributions"][0]["channel"][:256].encode())]
+    value = orjson.dumps(payload)
+    if len(value) > RECORD_MAX_BYTES:  # thousands of channels: the decision fits, the readings need not
+        payload["readings"] = None
+        payload["cut"] = f"readings left out: the record would be {len(value)} bytes (limit {RECORD_MAX_BYTES})"
+        headers.append(("ae-cut", b"readings"))
+        value = orjson.dumps(payload)
+    return Outgoing(topic, event.key.encode(), value, headers)
 
 
 def dead_letter(topic: str, msg: Any, exc: EventError) -> Outgoing:
     """The original record with the reason in headers. A record the dead-letter topic cannot take
     would jam the partition (the send fails, the batch replays, fails again): an oversized key or
-    value keeps its head, with its size and SHA-256, so it can still be matched with the source."""
-    headers = list(msg.headers or []) + [
+    value keeps its head, with its size and SHA-256, so it can still be matched with the source;
+    original headers are kept in order while they fit, and ``ae-headers-cut`` says what was not."""
+    kept, cut = _headers_that_fit(msg.headers or [])
+    headers = kept + [
         ("ae-error", exc.reason.encode()), ("ae-error-kind", exc.kind.encode()),
         ("ae-source-topic", msg.topic.encode()), ("ae-source-partition", str(msg.partition).encode()),
         ("ae-source-offset", str(msg.offset).encode()),
@@ -75,4 +91,27 @@ def dead_letter(topic: str, msg: Any, exc: EventError) -> Outgoing:
         headers += [("ae-original-size", str(len(value)).encode()),
                     ("ae-original-sha256", hashlib.sha256(value).hexdigest().encode())]
         value = value[:DLQ_HEAD_BYTES]
+    if cut:
+        headers.append(("ae-headers-cut", f"{len(cut)} of {len(msg.headers)} original headers left out "
+                                          f"({sum(map(_header_bytes, cut))} bytes): "
+                                          f"{', '.join(name[:64] for name, _ in cut[:16])}".encode()))
     return Outgoing(topic, key, value, headers)
+
+
+def _header_bytes(header: tuple[str, bytes | None]) -> int:
+    return len(header[0].encode()) + len(header[1] or b"")
+
+
+def _headers_that_fit(headers: list[tuple[str, bytes | None]]) -> tuple[list[tuple[str, bytes | None]],
+                                                                        list[tuple[str, bytes | None]]]:
+    """(kept, left out): headers in their order, kept while their bytes add up to at most
+    DLQ_MAX_HEADER_BYTES; a header that does not fit is left out and the next ones still tried."""
+    kept, cut, room = [], [], DLQ_MAX_HEADER_BYTES
+    for header in headers:
+        size = _header_bytes(header)
+        if size <= room:
+            kept.append(header)
+            room -= size
+        else:
+            cut.append(header)
+    return kept, cut

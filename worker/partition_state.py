@@ -7,6 +7,14 @@ on any machine, restores the latest snapshot; the loop then rebuilds what happen
 (see :class:`worker.service.Worker`). A local ``state_dir`` stays as a cache: of the two, the one
 further ahead wins. A corrupt snapshot in the changelog is refused (logged, counted) and the
 partition is rebuilt from its first offset; a corrupt local file stops the worker, as before.
+
+A snapshot must also fit the partition it claims to be: its offset within the partition's log
+(start to end), never ahead of the group's committed offset in exactly-once mode, no progress
+claimed where the group has committed nothing (the group's offsets or the topic are not the ones
+it was saved against), the same topic id when both are known (the topic was not deleted and made
+again). With ``AE_KAFKA__SNAPSHOT_KEY`` it must carry that key's signature. Any other is refused
+(logged, ``ae_snapshots_refused_total{reason}``) and the partition rebuilt: a stale or forged
+snapshot can never skip events.
 """
 
 from __future__ import annotations
@@ -15,12 +23,13 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
-from ae_core import AutoencoderDetector, CheckpointError
+from ae_core import AutoencoderDetector, CheckpointError, SignatureError
 from ae_core.checkpoint import dumps, load_detector_with_metadata, loads_with_metadata, write_blob
 from worker.kafka_io import connection_config
 from worker.observability import Metrics
@@ -46,6 +55,17 @@ class Snapshot:
     detector: AutoencoderDetector
     next_offset: int
     source: str
+    metadata: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class LogBounds:
+    """What the broker says of an input partition when it is restored."""
+
+    start: int  # log start offset (the first offset still in the topic)
+    end: int  # end offset (the next offset to be written)
+    committed: int | None  # the group's committed offset
+    topic_id: str | None  # None where the client does not know it
 
 
 def changelog_topic(settings: Settings) -> str:
@@ -63,6 +83,9 @@ class StateStore:
         self.settings = settings
         self.metrics = metrics
         self.topic = changelog_topic(settings)
+        key = settings.kafka.snapshot_key
+        self.key = key.get_secret_value().encode() if key is not None else None
+        self.topic_ids: dict[str, str] = {}  # input topic -> id, as last seen at a restore
 
     def ensure_topic(self) -> None:
         """Create the compacted changelog if it is missing (it is the worker's own, like an internal topic)."""
@@ -85,8 +108,10 @@ class StateStore:
     def snapshot(self, tp: TopicPartition, state: PartitionState) -> Outgoing:
         """The snapshot record for the changelog (the caller sends it within its batch protocol);
         the local cache, if any, gets the same bytes."""
-        metadata = {"next_offset": state.next_offset, "topic": tp.topic, "partition": tp.partition}
-        blob = dumps(state.detector, metadata)
+        metadata: dict[str, Any] = {"next_offset": state.next_offset, "topic": tp.topic, "partition": tp.partition}
+        if tp.topic in self.topic_ids:
+            metadata["topic_id"] = self.topic_ids[tp.topic]
+        blob = dumps(state.detector, metadata, self.key)
         path = self._path(tp)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -96,29 +121,68 @@ class StateStore:
         return Outgoing(self.topic, snapshot_key(tp), blob, [])
 
     # -- reading ----------------------------------------------------------------------------------
-    def latest(self, tps: list[TopicPartition], committed: dict[TopicPartition, int | None],
+    def latest(self, tps: list[TopicPartition], bounds: dict[TopicPartition, LogBounds],
                exactly_once: bool) -> dict[TopicPartition, Snapshot]:
         """The furthest usable snapshot of each partition, from the changelog and the local cache.
 
-        In exactly-once mode a snapshot ahead of the committed offset belongs to a transaction that
-        never committed (only the local cache can hold one): it is passed over. At least once, a
-        snapshot is taken after its batch was published, so one ahead of the commit is right.
-        Raises :class:`CheckpointError` for a corrupt local file (left in place for inspection)."""
-        found = self._from_changelog(tps)
+        Each is checked against ``bounds`` (:meth:`refusal`); a refused one is logged, counted and
+        passed over. Raises :class:`CheckpointError` for a corrupt local file (left in place for
+        inspection); a local file with a wrong or missing signature is refused like the others."""
+        for tp, b in bounds.items():
+            if b.topic_id is not None:
+                self.topic_ids[tp.topic] = b.topic_id
+        found: dict[TopicPartition, Snapshot] = {}
+        candidates = [(tp, snap) for tp, snap in self._from_changelog(tps).items()]
         for tp in tps:
             path = self._path(tp)
             if path is None or not path.exists():
                 continue
-            det, meta = load_detector_with_metadata(path)
-            local = Snapshot(det, int(meta.get("next_offset", 0)), str(path))
-            done = committed.get(tp)
-            if exactly_once and local.next_offset > (done or 0):
-                logger.warning("passing over %s: its offset %d is ahead of the committed %s (an aborted "
-                               "transaction)", path, local.next_offset, done)
+            try:
+                det, meta = load_detector_with_metadata(path, self.key)
+            except SignatureError as exc:
+                self._refuse(tp, str(path), "signature", str(exc))
                 continue
-            if tp not in found or local.next_offset > found[tp].next_offset:
-                found[tp] = local
+            candidates.append((tp, Snapshot(det, _offset(meta), str(path), meta)))
+        for tp, snap in candidates:
+            reason = self.refusal(tp, snap, bounds[tp], exactly_once)
+            if reason is not None:
+                self._refuse(tp, snap.source, "offset", reason)
+            elif tp not in found or snap.next_offset > found[tp].next_offset:
+                found[tp] = snap
         return found
+
+    @staticmethod
+    def refusal(tp: TopicPartition, snap: Snapshot, b: LogBounds, exactly_once: bool) -> str | None:
+        """Why ``snap`` cannot be the state of ``tp`` as the broker describes it now, or None.
+
+        At least once, a snapshot ahead of the committed offset is right (it is taken after its
+        batch was published, before the commit); exactly once, snapshot and commit are one
+        transaction, so one ahead of the commit never committed (only the local cache can hold
+        one) or was forged."""
+        meta, offset = snap.metadata, snap.next_offset
+        if (meta.get("topic"), meta.get("partition")) not in ((None, None), (tp.topic, tp.partition)):
+            return f"it was saved for {meta.get('topic')}-{meta.get('partition')}"
+        if offset < 0:
+            return f"its offset {offset} is negative"
+        if offset > b.end:
+            return (f"its offset {offset} is past the partition's end offset {b.end} (the topic was emptied or "
+                    "made again since, or the snapshot is forged)")
+        if offset < b.start:
+            return f"its offset {offset} is before the partition's first offset {b.start} (events deleted since)"
+        if b.committed is None and offset > b.start:
+            return (f"it claims events up to offset {offset} but the group has committed nothing for the "
+                    "partition (its offsets or the topic were reset since)")
+        if exactly_once and b.committed is not None and offset > b.committed:
+            return f"its offset {offset} is ahead of the committed {b.committed} (an aborted transaction)"
+        saved_id = meta.get("topic_id")
+        if saved_id is not None and b.topic_id is not None and saved_id != b.topic_id:
+            return f"it was saved for topic id {saved_id}, and {tp.topic} is now {b.topic_id} (deleted and made again)"
+        return None
+
+    def _refuse(self, tp: TopicPartition, source: str, reason: str, why: str) -> None:
+        logger.error("refusing the snapshot of %s-%d in %s: %s; rebuilding the partition without it", tp.topic,
+                     tp.partition, source, why)
+        self.metrics.snapshots_refused.labels(tp.topic, reason).inc()
 
     def _from_changelog(self, tps: list[TopicPartition]) -> dict[TopicPartition, Snapshot]:
         wanted = {snapshot_key(tp): tp for tp in tps}
@@ -148,16 +212,21 @@ class StateStore:
             tp = wanted[key]
             if blob is None:
                 continue
+            source = f"{self.topic} ({key.decode()})"
             try:
-                det, meta = loads_with_metadata(blob)
+                det, meta = loads_with_metadata(blob, self.key)
             except CheckpointError as exc:
-                logger.error("refusing the snapshot of %s-%d in %s (%s): rebuilding the partition from its "
-                             "first offset", tp.topic, tp.partition, self.topic, exc)
-                self.metrics.snapshots_refused.labels(tp.topic).inc()
+                self._refuse(tp, source, "signature" if isinstance(exc, SignatureError) else "corrupt", str(exc))
                 continue
-            found[tp] = Snapshot(det, int(meta.get("next_offset", 0)), f"{self.topic} ({key.decode()})")
+            found[tp] = Snapshot(det, _offset(meta), source, meta)
         return found
 
     def _path(self, tp: TopicPartition) -> Path | None:
         folder = self.settings.service.state_dir
         return Path(folder) / f"{tp.topic}-{tp.partition}.ckpt" if folder else None
+
+
+def _offset(metadata: dict[str, Any]) -> int:
+    """A snapshot's next offset; a value that is no whole number reads as -1 (and is refused)."""
+    value = metadata.get("next_offset", 0)
+    return value if type(value) is int else -1

@@ -20,7 +20,7 @@ from worker.errors import SettingsError, WorkerError
 from worker.events import EventParser, infer_channels
 from worker.observability import Metrics
 from worker.outputs import Outgoing
-from worker.partition_state import PartitionState, Snapshot, StateStore
+from worker.partition_state import LogBounds, PartitionState, Snapshot, StateStore
 from worker.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -96,16 +96,31 @@ class Partitions:
         """Restore the latest snapshots of arrived partitions, plan their rebuilds, and let them
         be fetched. Nothing changes unless every broker call succeeds (the caller retries)."""
         arrived = sorted(self.arrived & self.assigned, key=lambda tp: (tp.topic, tp.partition))
-        committed = {tp: self.consumer.committed(tp) for tp in arrived}
-        snapshots = self.store.latest(arrived, committed, self.settings.kafka.exactly_once)
+        if not arrived:
+            self.arrived.clear()
+            return
+        bounds = self._bounds(arrived)
+        logger.debug("restoring %s: %s", ", ".join(f"{tp.topic}-{tp.partition}" for tp in arrived),
+                     "; ".join(f"{tp.partition}: log {b.start}..{b.end}, committed {b.committed}"
+                               for tp, b in bounds.items()))
+        snapshots = self.store.latest(arrived, bounds, self.settings.kafka.exactly_once)
         for tp in arrived:
             self.states.pop(tp, None)
             self.parsers.pop(tp, None)
             if tp in snapshots:
                 self._adopt(tp, snapshots[tp])
-            self._plan_rebuild(tp, committed[tp])
+            self._plan_rebuild(tp, bounds[tp])
             self.consumer.resume(tp)
         self.arrived.clear()
+
+    def _bounds(self, tps: list[TopicPartition]) -> dict[TopicPartition, LogBounds]:
+        """The partitions' log start and end offsets, the group's commits and the topics' ids."""
+        starts, ends = self.consumer.beginning_offsets(tps), self.consumer.end_offsets(tps)
+        cluster = getattr(getattr(self.consumer, "_client", None), "cluster", None)
+        topic_id = getattr(cluster, "topic_id", None)  # kafka-python 3: the id from the metadata
+        ids = {tp.topic: topic_id(tp.topic) if topic_id else None for tp in tps}
+        return {tp: LogBounds(starts[tp], ends[tp], self.consumer.committed(tp),
+                              str(ids[tp.topic]) if ids[tp.topic] else None) for tp in tps}
 
     def _adopt(self, tp: TopicPartition, snap: Snapshot) -> None:
         det = snap.detector
@@ -123,13 +138,14 @@ class Partitions:
         logger.info("restored detector of %s-%d from %s (%d events seen, next offset %d)", tp.topic, tp.partition,
                     snap.source, det.events_seen, snap.next_offset)
 
-    def _plan_rebuild(self, tp: TopicPartition, committed: int | None) -> None:
+    def _plan_rebuild(self, tp: TopicPartition, bounds: LogBounds) -> None:
         """Seek back to where the restored state (or the partition) begins when the group's committed
         offset is ahead of it: those events rebuild the detector and publish nothing."""
-        if committed is None:
-            return
+        committed = bounds.committed
         state = self.states.get(tp)
-        start = state.next_offset if state is not None else self.consumer.beginning_offsets([tp])[tp]
+        if committed is None:  # the group starts where auto_offset_reset says (a kept snapshot is at the log start)
+            return
+        start = state.next_offset if state is not None else bounds.start
         if start < committed:
             self.consumer.seek(tp, start)
             self.rebuild_until[tp] = committed

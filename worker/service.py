@@ -25,7 +25,7 @@ from kafka.structs import OffsetAndMetadata
 
 from worker.delivery import BatchFailed, PublishError, make_delivery, patiently, retriable
 from worker.events import EventError
-from worker.kafka_io import ensure_topics, make_consumer
+from worker.kafka_io import check_codecs, ensure_topics, make_consumer, wait_for_broker
 from worker.observability import HealthServer, Metrics
 from worker.outputs import anomaly_record, dead_letter
 from worker.partition_state import SNAPSHOT_MAX_BYTES, PartitionState
@@ -103,10 +103,19 @@ class Worker:
 
     # -- life cycle -------------------------------------------------------------------------------
     def run(self) -> RunStats:
+        """Wait for the broker (serving /healthz meanwhile), then consume until stopped."""
         k, svc = self.settings.kafka, self.settings.service
-        ensure_topics(k, [*k.input_topics, k.output_topic, k.dlq_topic], k.create_topics)
-        self.partitions.store.ensure_topic()
+        check_codecs()
+        if svc.metrics_port:
+            self.health = HealthServer(self.metrics, svc.metrics_host, svc.metrics_port,
+                                       stale_after=k.max_poll_interval_ms / 1000).start()
         try:
+            if not wait_for_broker(k, self.stop, svc.start_timeout, self._waiting):
+                logger.info("stopped while waiting for the broker")
+                return self.stats
+            self._waiting_for = None
+            ensure_topics(k, [*k.input_topics, k.output_topic, k.dlq_topic], k.create_topics)
+            self.partitions.store.ensure_topic()
             self._consumer = self.partitions.consumer = make_consumer(k)
             self.delivery = make_delivery(k, self._consumer, self._retry, self._waiting,
                                           max_request_size=SNAPSHOT_MAX_BYTES)
@@ -114,9 +123,6 @@ class Worker:
             logger.info("consuming %s as group %r (%s); anomalies -> %s, dead letters -> %s",
                         ",".join(k.input_topics), k.group_id, "exactly once" if k.exactly_once else "at least once",
                         k.output_topic, k.dlq_topic)
-            if svc.metrics_port:
-                self.health = HealthServer(self.metrics, svc.metrics_host, svc.metrics_port,
-                                           stale_after=k.max_poll_interval_ms / 1000).start()
             self._loop()
         finally:
             self._shutdown()

@@ -33,6 +33,7 @@ def _none_word(value: object) -> object:
 
 # An optional number: "none" (also "off", "null") from the environment or a flag unsets it.
 OptionalInt = Annotated[int | None, BeforeValidator(_none_word)]
+OptionalFloat = Annotated[float | None, BeforeValidator(_none_word)]
 
 # "a,b,c" from the environment or a flag; a JSON list or tuple from code. NoDecode keeps
 # pydantic-settings from parsing the environment value as JSON first.
@@ -154,6 +155,10 @@ class KafkaSettings(BaseModel):
     ssl_certfile: str | None = Field(None, description="client certificate (PEM)")
     ssl_keyfile: str | None = Field(None, description="client key (PEM)")
     ssl_password: SecretStr | None = Field(None, description="client key password (secret: never logged)")
+    snapshot_key: SecretStr | None = Field(None, min_length=16, description="signs partition snapshots "
+                                           "(HMAC-SHA256): unsigned or wrongly signed ones are refused, so "
+                                           "write access to the changelog cannot steer a detector (secret: "
+                                           "never logged; the same on every worker of the group)")
 
 
 
@@ -184,6 +189,9 @@ class ServiceSettings(BaseModel):
                                         "does not count)")
     state_dir: str | None = Field(None, description="also keep each partition's snapshot in this local folder "
                                   "(a cache beside the changelog topic)")
+    start_timeout: OptionalFloat = Field(120.0, gt=0, description="seconds to wait for the broker at start-up "
+                                        "(a line per retry, /healthz 200, /readyz 503) before exiting with an "
+                                        "error (none = wait for ever)")
     snapshot_interval: float = Field(10.0, ge=0, description="seconds between snapshots of a partition's "
                                      "detector to the changelog (0 = every batch)")
 

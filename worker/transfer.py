@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 import orjson
 from kafka import TopicPartition
 
-from worker.kafka_io import TopicMissingError, ensure_topics, make_consumer, make_producer
+from worker.kafka_io import TopicMissingError, ensure_topics, make_consumer, make_producer, wait_for_broker
 from worker.settings import KafkaSettings
 from worker.sources import Recording, parse_reading
 
@@ -37,12 +38,14 @@ def event_payload(fields: dict[str, Any], recording: Recording, key: str) -> dic
 
 
 def produce(recording: Recording, kafka: KafkaSettings, topic: str, key: str, speed: float,
-            create: bool) -> int:
+            create: bool, start_timeout: float | None = None) -> int:
     """Send every row of ``recording`` to ``topic`` in order, keyed; returns the number sent.
 
     ``speed`` 0 sends as fast as possible; otherwise the gaps of the time column, divided by
-    ``speed``, are kept between sends.
+    ``speed``, are kept between sends. Waits up to ``start_timeout`` for the broker first.
     """
+    if not wait_for_broker(kafka, threading.Event(), start_timeout):
+        return 0
     ensure_topics(kafka, [topic], create)
     producer = make_producer(kafka)
     first_time: float | None = None
@@ -70,8 +73,11 @@ def produce(recording: Recording, kafka: KafkaSettings, topic: str, key: str, sp
     return sent
 
 
-def record(kafka: KafkaSettings, topic: str, output: Path, max_events: int | None, idle_timeout: float) -> int:
+def record(kafka: KafkaSettings, topic: str, output: Path, max_events: int | None, idle_timeout: float,
+           start_timeout: float | None = None) -> int:
     """Write a topic's events, from the beginning to the current end, as a replayable JSONL file."""
+    if not wait_for_broker(kafka, threading.Event(), start_timeout):
+        return 0
     consumer = make_consumer(kafka, group_id=None)
     written = 0
     try:
