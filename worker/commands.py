@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -34,6 +35,7 @@ def replay(args: argparse.Namespace, settings: Settings) -> int:
             args.input, settings = _demo_recording(Path(tmp), settings)
         recording = Recording(args.input, settings.input)
         print(recording.describe(), file=sys.stderr)
+        check_enough_inputs(recording, settings)
         errors_path = args.errors or (f"{args.output}.errors.jsonl" if args.output != "-" else "-")
         pipeline = Replay(settings.detector, JsonLinesSink(args.output), JsonLinesSink(errors_path, sys.stderr),
                           emit_latent=args.emit_latent, progress=sys.stderr.isatty(),
@@ -61,6 +63,7 @@ def _demo_recording(folder: Path, settings: Settings) -> tuple[str, Settings]:
 def evaluate(args: argparse.Namespace, settings: Settings) -> int:
     recording = Recording(args.input, settings.input)
     print(recording.describe(), file=sys.stderr)
+    check_enough_inputs(recording, settings)
     if not recording.options.label_column:
         raise InputFormatError(f"{recording.path.name}: no label column (none is named "
                                f"{', '.join(LABEL_NAMES)}): set --label-column")
@@ -91,6 +94,24 @@ def evaluate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def check_enough_inputs(recording: Recording, settings: Settings) -> None:
+    """An autoencoder needs two inputs or more: one reading column without a window is a wrong
+    separator, or a univariate series that needs ``--window``."""
+    if len(recording.channels) > 1 or (settings.detector.window or 1) > 1:
+        return
+    o = recording.options
+    others = [other for other in (",", ";", "\t", "|") if other != o.sep and other in recording.channels[0]]
+    if others and not recording.is_jsonl:
+        raise InputFormatError(f"{recording.name}: the header splits into one reading column on {o.sep!r} but holds "
+                               f"{others[0]!r}: is the separator right? --sep {others[0]!r}")
+    raise InputFormatError(f"{recording.name}: one reading column ({recording.channels[0]!r}); the autoencoder needs "
+                           "two inputs or more: --window W feeds each key's last W readings as one input "
+                           "(e.g. --window 16)")
+
+
+DECIMAL_COMMA = re.compile(r"not a number: '[-+]?\d*,\d+'")
+
+
 def check_mostly_valid(summary: RunSummary) -> None:
     """Stop with a hint when most rows were refused for the same reason: a column that is not a
     reading (a time stamp, a device id, a text field) left in the readings is the usual cause."""
@@ -98,7 +119,10 @@ def check_mostly_valid(summary: RunSummary) -> None:
         return
     reason, count = summary.invalid_reasons.most_common(1)[0]
     hint = ""
-    if reason.startswith("column '"):
+    if DECIMAL_COMMA.search(summary.invalid_examples.get(reason, "")):
+        hint = (": decimal commas are not read; write the numbers with points (e.g. sed 's/,/./g' on a file "
+                "separated by ';')")
+    elif reason.startswith("column '"):
         name = reason.split("'")[1]
         hint = (f": is it the time column? --time-column {name}" if name.lower() in TIME_NAMES
                 else f": is it a device id? --key-column {name}; or not a reading? --ignore-columns {name}")

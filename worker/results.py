@@ -70,6 +70,7 @@ class RunSummary:
     segments: list[tuple[int, int]] = field(default_factory=list)
     top_channels: Counter[str] = field(default_factory=Counter)
     invalid_reasons: Counter[str] = field(default_factory=Counter)
+    invalid_examples: dict[str, str] = field(default_factory=dict)  # the first whole reason of each kind
     labelled: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
     output: str = ""
@@ -98,7 +99,9 @@ class RunSummary:
 
     def add_invalid(self, reason: str) -> None:
         self.invalid += 1
-        self.invalid_reasons[reason.split(":")[0]] += 1
+        kind = reason.split(":")[0]
+        self.invalid_reasons[kind] += 1
+        self.invalid_examples.setdefault(kind, reason)
 
     def as_dict(self) -> dict[str, Any]:
         return {

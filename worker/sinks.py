@@ -8,6 +8,8 @@ from typing import IO, Any
 
 import orjson
 
+from worker.errors import WorkerError
+
 
 class JsonLinesSink:
     """Writes one JSON object per line; ``path=None`` or ``'-'`` means ``stream`` (stdout)."""
@@ -28,8 +30,11 @@ class JsonLinesSink:
         if self.path is None:
             self._fh = (self.stream or sys.stdout).buffer
         else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = self.path.open("wb")
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._fh = self.path.open("wb")
+            except OSError as exc:
+                raise WorkerError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
         return self
 
     def __exit__(self, *exc: object) -> None:

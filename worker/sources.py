@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import csv
+import gzip
 import itertools
 import logging
 import math
-from collections.abc import Callable, Iterator
+import os
+import shutil
+import sys
+import tempfile
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, NamedTuple
 
 import numpy as np
 import orjson
@@ -87,29 +94,62 @@ def infer_columns(header: list[str], first: list[Any], options: InputSettings) -
     return o.model_copy(update=updates) if updates else o
 
 
+# A recording wider than this is refused at its header (a 4096-row chunk of it is ~330 MB of
+# floats), and a CSV field longer than this makes its row unreadable (the csv module's own default
+# limit, 128 KiB, would end the run on one long line).
+MAX_COLUMNS = 10_000
+MAX_FIELD_CHARS = 16 * 1024 * 1024
+STDIN = "-"
+CSV_SEPARATORS = (",", ";", "\t", "|")
+csv.field_size_limit(MAX_FIELD_CHARS)
+
+
+class Row(NamedTuple):
+    """One row of a recording: its fields (None when the row cannot be read into the header's
+    columns), its raw text, and why it cannot be read (None: the generic reason)."""
+
+    index: int
+    fields: dict[str, Any] | None
+    raw: str
+    problem: str | None = None
+
+
 class Recording:
     """Iterates a CSV or JSONL file in :class:`RowBatch` chunks, in file order.
 
-    The channels are every column except the time, key, label and ignored ones. A row with a
-    missing, non-numeric, NaN, infinite or out-of-range reading becomes a ``bad`` entry with its
-    reason and never reaches the detector.
+    The channels are every column except the time, key, label and ignored ones; in JSON lines
+    in the input topic's event schema (``{"key", "timestamp", "readings": {...}}``) they are the
+    ``readings`` and ``key`` is the device. ``-`` reads standard input (spooled to a temporary
+    file) and a ``.gz`` file is read through gzip. A row with a missing, non-numeric, NaN,
+    infinite or out-of-range reading, or one the csv module cannot read (an unterminated quote,
+    a field over 16 MiB), becomes a ``bad`` entry with its reason and never reaches the detector;
+    reading goes on at the next line.
     """
 
     def __init__(self, path: str | Path, options: InputSettings, chunk_size: int = 4096) -> None:
-        self.path = Path(path)
+        self.name = "stdin" if str(path) == STDIN else Path(path).name
+        self.path = _spool_stdin(self) if str(path) == STDIN else Path(path)
         self.chunk_size = chunk_size
-        self.is_jsonl = self.path.suffix.lower() in (".jsonl", ".ndjson", ".json")
+        self.compressed = _is_gzip(self.path)
+        plain = self.path.with_suffix("") if self.path.suffix.lower() == ".gz" else self.path
+        suffix = plain.suffix.lower()
+        self.is_jsonl = suffix in (".jsonl", ".ndjson", ".json") or (
+            suffix not in (".csv", ".tsv", ".txt") and self._first_char() == "{")
+        self.event_schema = False  # set by _head: JSON lines whose readings are an object
         header, first, sep = self._head(options.sep)
-        self.options = infer_columns(header, first, options if sep == options.sep else
-                                     options.model_copy(update={"sep": sep}))
+        if self.event_schema and options.key_column is None and "key" in header:
+            options = options.model_copy(update={"key_column": "key"})
+        self.options = infer_columns(header, first, options.model_copy(update={"sep": sep}))
         self.channels = self._discover_channels(header)
 
     def describe(self) -> str:
         """One line: which columns are the time, key and labels, and how many are readings."""
         o = self.options
         parts = [f"time {o.time_column!r}" if o.time_column else "no time column"]
-        if o.sep != ",":
+        if o.sep != "," and not self.is_jsonl:
             parts.insert(0, f"separator {o.sep!r}")
+        if self.event_schema:
+            parts.insert(0, "events with readings")
         if o.key_column:
             parts.append(f"key {o.key_column!r}")
         unused = [c for c in o.ignore_columns if c.lower() in LABEL_NAMES]
@@ -117,7 +157,7 @@ class Recording:
             parts.append(f"labels {o.label_column!r}")
         if unused:
             parts.append(f"also left out: {', '.join(map(repr, unused))}")
-        return (f"{self.path.name}: {', '.join(parts)}; {len(self.channels)} reading column(s) "
+        return (f"{self.name}: {', '.join(parts)}; {len(self.channels)} reading column(s) "
                 "(set --time-column, --label-column, --ignore-columns to change)")
 
     def _discover_channels(self, header: list[str]) -> tuple[str, ...]:
@@ -125,62 +165,101 @@ class Recording:
         special = {o.time_column, o.key_column, o.label_column, *o.ignore_columns} - {None}
         missing = sorted(name for name in special if name not in header)
         if missing:
-            raise InputFormatError(f"{self.path}: no column named {missing[0]!r} (columns: {', '.join(header)})")
-        channels = tuple(name for name in header if name not in special)
+            raise InputFormatError(f"{self.name}: no column named {missing[0]!r} (columns: "
+                                   f"{_shortened(header)})")
+        names = self._readings if self.event_schema else header
+        channels = tuple(name for name in names if name not in special)
         if not channels:
-            raise InputFormatError(f"{self.path}: no reading columns left after time/key/label/ignored")
+            raise InputFormatError(f"{self.name}: no reading columns left after time/key/label/ignored")
         return channels
 
-    def _head(self, sep: str) -> tuple[list[str], list[Any], str]:
-        """The column names, the first row's values (empty when there is no row) and the CSV
-        separator: a header with no comma but a semicolon, tab or bar is read with that one."""
+    def _open(self) -> IO[str]:
+        """The recording as text (a BOM before the header is dropped), through gzip when compressed."""
+        if self.compressed:
+            return gzip.open(self.path, "rt", newline="", encoding="utf-8-sig")
+        return self.path.open(newline="", encoding="utf-8-sig")
+
+    def _first_char(self) -> str:
         try:
-            with self.path.open(newline="", encoding="utf-8") as fh:
+            with self._open() as fh:
+                return fh.read(4096).lstrip()[:1]
+        except (OSError, UnicodeDecodeError, EOFError) as exc:
+            raise InputFormatError(f"{self.name}: cannot read: {exc}") from exc
+
+    def _head(self, sep: str | None) -> tuple[list[str], list[Any], str]:
+        """The column names, the first row's values (empty when there is no row) and the CSV
+        separator: unless given, a comma, else the first of a semicolon, tab or bar the header holds."""
+        try:
+            with self._open() as fh:
                 if self.is_jsonl:
-                    for line in fh:
-                        if line.strip():
-                            first = orjson.loads(line)
-                            if not isinstance(first, dict):
-                                raise InputFormatError(f"{self.path}: first line is not a JSON object")
-                            return list(first), list(first.values()), sep
-                    raise InputFormatError(f"{self.path}: empty recording")
-                line = fh.readline()
-                if sep == "," and "," not in line:
-                    sep = next((other for other in (";", "\t", "|") if other in line), sep)
+                    return self._jsonl_head(fh)
+                line = fh.readline(MAX_FIELD_CHARS)
+                if sep is None:
+                    sep = next((other for other in CSV_SEPARATORS if other in line), ",")
+                if line.count(sep) >= MAX_COLUMNS:
+                    raise InputFormatError(f"{self.name}: the header has {line.count(sep) + 1} or more columns; "
+                                           f"at most {MAX_COLUMNS} are read")
                 reader = csv.reader(itertools.chain([line], fh), delimiter=sep)
                 header = next(reader, None)
                 row = next(reader, None) or []
-        except (OSError, UnicodeDecodeError, orjson.JSONDecodeError) as exc:
-            raise InputFormatError(f"{self.path}: cannot read: {exc}") from exc
+        except csv.Error as exc:
+            raise InputFormatError(f"{self.name}: cannot read the header and first row: {exc}") from exc
+        except (OSError, UnicodeDecodeError, EOFError) as exc:
+            raise InputFormatError(f"{self.name}: cannot read: {exc}") from exc
         if not header:
-            raise InputFormatError(f"{self.path}: empty recording")
+            raise InputFormatError(f"{self.name}: empty recording")
         return [h.strip() for h in header], row, sep
 
-    def records(self) -> Iterator[tuple[int, dict[str, Any] | None, str]]:
-        """``(row index, field mapping or None if unparseable, raw text)`` in file order."""
-        with self.path.open(newline="", encoding="utf-8") as fh:
+    def _jsonl_head(self, fh: IO[str]) -> tuple[list[str], list[Any], str]:
+        for line in fh:
+            if line.strip():
+                try:
+                    first = orjson.loads(line)
+                except orjson.JSONDecodeError as exc:
+                    raise InputFormatError(f"{self.name}: the first line is not JSON: {exc}") from exc
+                if not isinstance(first, dict):
+                    raise InputFormatError(f"{self.name}: first line is not a JSON object")
+                readings = first.get("readings")
+                if isinstance(readings, dict):  # the input topic's event schema
+                    self.event_schema = True
+                    self._readings = list(readings)
+                    first = _flat(first)
+                if len(first) > MAX_COLUMNS:
+                    raise InputFormatError(f"{self.name}: the first event has {len(first)} fields; at most "
+                                           f"{MAX_COLUMNS} are read")
+                return list(first), list(first.values()), ","
+        raise InputFormatError(f"{self.name}: empty recording")
+
+    def records(self) -> Iterator[Row]:
+        """Every row in file order: its index, fields (None when unreadable) and raw text."""
+        with self._open() as fh:
             if self.is_jsonl:
-                index = 0
-                for line in fh:
-                    if not line.strip():
-                        continue
-                    try:
-                        obj = orjson.loads(line)
-                    except orjson.JSONDecodeError:
-                        obj = None
-                    yield index, obj if isinstance(obj, dict) else None, line.rstrip("\n")
-                    index += 1
+                yield from self._jsonl_rows(fh)
                 return
-            reader = csv.reader(fh, delimiter=self.options.sep)
-            header = [h.strip() for h in next(reader)]
-            for index, row in enumerate(reader):
-                yield self._csv_record(index, row, header)
+            rows = _csv_rows(fh, self.options.sep)
+            header = [h.strip() for h in next(rows)[0] or []]
+            for index, (row, raw, problem) in enumerate(rows):
+                yield self._csv_record(index, row, raw, problem, header)
+
+    def _jsonl_rows(self, fh: IO[str]) -> Iterator[Row]:
+        index = 0
+        for line in fh:
+            if not line.strip():
+                continue
+            try:
+                obj = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                obj = None
+            if self.event_schema and isinstance(obj, dict) and isinstance(obj.get("readings"), dict):
+                obj = _flat(obj)
+            yield Row(index, obj if isinstance(obj, dict) else None, line.rstrip("\n"))
+            index += 1
 
     def batches(self) -> Iterator[RowBatch]:
         if not self.is_jsonl:
             yield from self._csv_batches()
             return
-        chunk: list[tuple[int, dict[str, Any] | None, str]] = []
+        chunk: list[Row] = []
         for record in self.records():
             chunk.append(record)
             if len(chunk) >= self.chunk_size:
@@ -195,35 +274,37 @@ class Recording:
         From the first quote character on, the csv module reads the rest (a quoted field may
         hold the separator or a line break)."""
         sep = self.options.sep
-        with self.path.open(newline="", encoding="utf-8") as fh:
-            header_line = fh.readline()
+        with self._open() as fh:
+            header_line = fh.readline(MAX_FIELD_CHARS)
             if '"' in header_line:
-                yield from self._csv_reader_batches(csv.reader(itertools.chain([header_line], fh), delimiter=sep))
+                rows = _csv_rows(itertools.chain([header_line], fh), sep)
+                header = [h.strip() for h in next(rows)[0] or []]
+                yield from self._csv_reader_batches(rows, header)
                 return
             header = [h.strip() for h in next(csv.reader([header_line], delimiter=sep))]
             first = 0
             while lines := list(itertools.islice(fh, self.chunk_size)):
                 if any('"' in line for line in lines):
-                    reader = csv.reader(itertools.chain(lines, fh), delimiter=sep)
-                    yield from self._csv_reader_batches(reader, header, first)
+                    rows = _csv_rows(itertools.chain(lines, fh), sep, line=first + 2)  # (one line a row so far)
+                    yield from self._csv_reader_batches(rows, header, first)
                     return
                 fast = self._csv_lines_fast_path(first, lines, header)
-                yield fast if fast is not None else self._csv_chunk(first, list(csv.reader(lines, delimiter=sep)),
-                                                                     header)
+                if fast is None:
+                    yield from self._csv_reader_batches(_csv_rows(lines, sep, line=first + 2), header, first)
+                else:
+                    yield fast
                 first += len(lines)
 
-    def _csv_reader_batches(self, reader: Iterator[list[str]], header: list[str] | None = None,
+    def _csv_reader_batches(self, rows: Iterator[tuple[list[str] | None, str, str | None]], header: list[str],
                             first: int = 0) -> Iterator[RowBatch]:
-        if header is None:
-            header = [h.strip() for h in next(reader)]
-        rows: list[list[str]] = []
-        for row in reader:
-            rows.append(row)
-            if len(rows) >= self.chunk_size:
-                yield self._csv_chunk(first, rows, header)
-                first, rows = first + len(rows), []
-        if rows:
-            yield self._csv_chunk(first, rows, header)
+        chunk: list[tuple[list[str] | None, str, str | None]] = []
+        for row in rows:
+            chunk.append(row)
+            if len(chunk) >= self.chunk_size:
+                yield self._csv_chunk(first, chunk, header)
+                first, chunk = first + len(chunk), []
+        if chunk:
+            yield self._csv_chunk(first, chunk, header)
 
     def _csv_lines_fast_path(self, first: int, lines: list[str], header: list[str]) -> RowBatch | None:
         """Unquoted lines, every one with the header's column count and valid numbers, in one
@@ -244,16 +325,24 @@ class Recording:
         values, labels = (parsed[:, :-1], parsed[:, -1]) if o.label_column else (parsed, None)
         return self._whole_chunk(first, values, labels, lambda name: _column(text, sep, where[name]))
 
-    def _csv_chunk(self, first: int, rows: list[list[str]], header: list[str]) -> RowBatch:
+    def _csv_chunk(self, first: int, rows: list[tuple[list[str] | None, str, str | None]],
+                   header: list[str]) -> RowBatch:
         """One numpy conversion when every row is well-formed and numeric; else row by row."""
-        fast = self._csv_fast_path(first, rows, header)
-        if fast is not None:
-            return fast
-        return self._to_batch_row_by_row([self._csv_record(first + i, row, header) for i, row in enumerate(rows)])
+        fields = [row for row, _, _ in rows]
+        if all(f is not None for f in fields):
+            fast = self._csv_fast_path(first, fields, header)  # type: ignore[arg-type]
+            if fast is not None:
+                return fast
+        return self._to_batch_row_by_row([self._csv_record(first + i, row, raw, problem, header)
+                                          for i, (row, raw, problem) in enumerate(rows)])
 
-    def _csv_record(self, index: int, row: list[str], header: list[str]) -> tuple[int, dict[str, Any] | None, str]:
-        """``(index, fields or None when the row does not split into the header's columns, raw text)``."""
-        return index, dict(zip(header, row)) if len(row) == len(header) else None, self.options.sep.join(row)
+    def _csv_record(self, index: int, row: list[str] | None, raw: str, problem: str | None,
+                    header: list[str]) -> Row:
+        """The row's fields, or None when it does not split into the header's columns or the csv
+        module could not read it (``problem`` says why)."""
+        if row is None or len(row) != len(header):
+            return Row(index, None, raw, problem)
+        return Row(index, dict(zip(header, row)), raw)
 
     def _csv_fast_path(self, first: int, rows: list[list[str]], header: list[str]) -> RowBatch | None:
         o = self.options
@@ -285,12 +374,12 @@ class Recording:
             labels=labels,
         )
 
-    def _to_batch_row_by_row(self, chunk: list[tuple[int, dict[str, Any] | None, str]]) -> RowBatch:
+    def _to_batch_row_by_row(self, chunk: list[Row]) -> RowBatch:
         o = self.options
         good_index, values, times, keys, labels, bad = [], [], [], [], [], []
-        for index, fields, raw in chunk:
+        for index, fields, raw, problem in chunk:
             if fields is None:
-                bad.append((index, "malformed row: cannot split into the header's columns", raw))
+                bad.append((index, problem or "malformed row: cannot split into the header's columns", raw))
                 continue
             try:
                 row = [_reading(fields, name) for name in self.channels]
@@ -313,6 +402,85 @@ class Recording:
             labels=np.asarray(labels, dtype=np.float64) if o.label_column else None,
             bad=bad,
         )
+
+
+class _Lines:
+    """Lines handed to a csv reader, kept since the current row began so that a row the reader
+    cannot finish can be given back (all but its first line) to a new reader."""
+
+    def __init__(self, lines: Iterable[str]) -> None:
+        self.source = iter(lines)
+        self.given_back: deque[str] = deque()
+        self.row: list[str] = []
+        self.number = 0  # physical lines handed out, net of those given back
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> str:
+        line = self.given_back.popleft() if self.given_back else next(self.source)
+        self.row.append(line)
+        self.number += 1
+        return line
+
+    def give_back_after_first(self) -> None:
+        rest = self.row[1:]
+        self.given_back.extendleft(reversed(rest))
+        self.number -= len(rest)
+
+
+def _csv_rows(lines: Iterable[str], sep: str, line: int = 1) -> Iterator[tuple[list[str] | None, str, str | None]]:
+    """``(fields, raw text, problem)`` per CSV row, the first being the header. A row the csv
+    module cannot read (a quote never closed, which would swallow the rest of the file; a stray
+    character after a closing quote; a field over MAX_FIELD_CHARS) comes as ``(None, its first
+    line, why)`` and reading goes on at the line after that first line: no row is lost silently.
+    ``line`` is the file's line number of the first of ``lines``."""
+    feed = _Lines(lines)
+    feed.number = line - 1
+    reader = csv.reader(feed, delimiter=sep, strict=True)
+    while True:
+        feed.row = []
+        starts_at = feed.number + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            first_line = feed.row[0].rstrip("\r\n") if feed.row else ""
+            feed.give_back_after_first()
+            reader = csv.reader(feed, delimiter=sep, strict=True)
+            why = "a quote opened in it is never closed" if "unexpected end of data" in str(exc) else str(exc)
+            yield None, first_line[:4096], f"unreadable CSV row at line {starts_at}: {why} (read on from the next line)"
+            continue
+        yield row, sep.join(row), None
+
+
+def _spool_stdin(owner: object) -> Path:
+    """Standard input copied to a temporary file (a recording is read more than once); the file
+    goes when ``owner`` does."""
+    fd, name = tempfile.mkstemp(prefix="ae-worker-stdin-")
+    with os.fdopen(fd, "wb") as out:
+        shutil.copyfileobj(sys.stdin.buffer, out)
+    weakref.finalize(owner, os.unlink, name)
+    return Path(name)
+
+
+def _is_gzip(path: Path) -> bool:
+    try:
+        with path.open("rb") as fh:
+            return fh.read(2) == b"\x1f\x8b"
+    except OSError as exc:
+        raise InputFormatError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+
+
+def _flat(event: dict[str, Any]) -> dict[str, Any]:
+    """An event of the input topic's schema as one row: its fields beside its readings."""
+    return {**{k: v for k, v in event.items() if k != "readings"}, **event["readings"]}
+
+
+def _shortened(names: list[str], at_most: int = 20) -> str:
+    shown = ", ".join(names[:at_most])
+    return shown + (f", ... ({len(names)} columns)" if len(names) > at_most else "")
 
 
 def _column(lines: list[str], sep: str, i: int) -> list[str]:

@@ -52,9 +52,10 @@ def produce(recording: Recording, kafka: KafkaSettings, topic: str, key: str, sp
     started = time.monotonic()
     sent = 0
     try:
-        for _, fields, raw in recording.records():
+        for row in recording.records():
+            fields = row.fields
             if fields is None:
-                producer.send(topic, key=key.encode(), value=raw.encode())  # unparseable: dead-letters
+                producer.send(topic, key=key.encode(), value=row.raw.encode())  # unparseable: dead-letters
                 sent += 1
                 continue
             event = event_payload(fields, recording, key)
