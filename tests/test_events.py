@@ -205,3 +205,39 @@ def test_events_of_the_usual_shape_are_decoded_without_parse(monkeypatch: pytest
     first, second = parser.parse_many(usual, [None, b"valve-3"], [None, 5])
     assert (first.key, first.values, first.timestamp) == ("k", [1.0, 2.0], "2026-01-01T00:00:00+00:00")
     assert (second.key, second.values, second.record_ts_ms) == ("valve-3", [3.0, 4.0], 5)
+
+
+def test_lists_are_refused_when_the_channels_were_found_not_configured() -> None:
+    """A list's order is the configured one: channels found from the first events' names (in the
+    order of one of them) are no order a list producer agreed to."""
+    found = EventParser(None, False, 1000)
+    found.channels = ("b", "a")  # as the partition sets them once its first events decide
+    assert found.parse(dumps({"key": "k", "readings": {"a": 1.0, "b": 2.0}}), None, None).values == [2.0, 1.0]
+    value = dumps({"key": "k", "readings": [1.0, 2.0]})
+    with pytest.raises(EventError, match="AE_EVENTS__CHANNELS") as exc:
+        found.parse(value, None, None)
+    assert exc.value.kind == "schema"
+    (quick,) = found.parse_many([value], [None], [None])
+    assert isinstance(quick, EventError) and quick.kind == "schema"
+
+
+def test_a_bom_before_the_json_is_accepted() -> None:
+    parser = EventParser(("a", "b"), False, 1000)
+    event = parser.parse(b'\xef\xbb\xbf{"key": "k", "readings": {"a": 1.0, "b": 2.0}}', None, None)
+    assert event.values == [1.0, 2.0]
+    assert infer_channels([b'\xef\xbb\xbf{"key": "k", "readings": {"a": 1.0, "b": 2.0}}'], 1000) == (("a", "b"), 1)
+
+
+@pytest.mark.parametrize(("ms", "iso", "kept"), [
+    (None, None, None),
+    (-1, None, None),  # Kafka's "no timestamp"
+    (0, "1970-01-01T00:00:00+00:00", None),
+    (-5, "1969-12-31T23:59:59.995000+00:00", None),
+    (253_402_300_799_999, "9999-12-31T23:59:59.999000+00:00", None),
+    (253_402_300_800_000, None, 253_402_300_800_000),  # year 10000
+    (-62_135_596_800_001, None, -62_135_596_800_001),  # before year 1
+    (2**63 - 1, None, 2**63 - 1),
+])
+def test_record_timestamps_of_any_value(ms: int | None, iso: str | None, kept: int | None) -> None:
+    event = EventParser(("a",), False, 1000).parse(dumps({"key": "k", "readings": {"a": 1.0}}), None, ms)
+    assert event.timestamp == iso and event.unreadable_record_time == kept

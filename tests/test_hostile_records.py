@@ -4,6 +4,7 @@ topics: none may crash the worker, jam a partition or skip events, against a rea
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +55,9 @@ def refused(worker: Worker, topic: str, reason: str) -> float:
     return value or 0.0
 
 
-def test_events_compressed_with_every_kafka_codec_are_scored(kafka: str, topic_prefix: str) -> None:
+def test_events_compressed_with_every_kafka_codec_are_scored(kafka: str, topic_prefix: str,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="worker")
     s = with_channels(settings(kafka, topic_prefix, detector={"warmup": 64, "batch_size": 32}))
     create_topic(kafka, f"{topic_prefix}-in")
     codecs = ("gzip", "snappy", "lz4", "zstd")
@@ -70,6 +73,10 @@ def test_events_compressed_with_every_kafka_codec_are_scored(kafka: str, topic_p
     assert stats.events == 400 and stats.dead_letters == 0
     assert scored(worker, f"{topic_prefix}-in") == 400
     assert committed(kafka, f"{topic_prefix}-group", TopicPartition(f"{topic_prefix}-in", 0)) == 400
+    # at DEBUG: the restore plan and a summary of each batch
+    debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    assert any(line.startswith(f"restoring {topic_prefix}-in-0: 0: log 0..400, committed None") for line in debug)
+    assert any(line.startswith(f"batch 1: {topic_prefix}-in-0 offsets 0-") for line in debug)
 
 
 def test_any_record_timestamp_is_published_without_crashing(kafka: str, topic_prefix: str) -> None:
@@ -88,7 +95,8 @@ def test_any_record_timestamp_is_published_without_crashing(kafka: str, topic_pr
     producer.close()
     stats = Worker(s).run()
     assert stats.events == 320
-    records = {r["source"]["offset"]: r for r in (json.loads(m.value) for m in read_topic(kafka, f"{topic_prefix}-out"))}
+    published = [json.loads(m.value) for m in read_topic(kafka, f"{topic_prefix}-out")]
+    records = {r["source"]["offset"]: r for r in published}
     assert set(odd) <= set(records)
     for offset in (300, 301, 302):
         assert records[offset]["timestamp"] is None and records[offset]["record_timestamp_ms"] == odd[offset]
@@ -203,3 +211,28 @@ def test_refusal_reasons_cover_every_way_a_snapshot_can_lie() -> None:
     assert "saved for in-4" in why(400, partition=4)
     assert "deleted and made again" in why(400, topic_id="id-0")
     assert why(400, topic_id="id-1") is None
+
+
+def test_a_batch_the_client_cannot_decode_stops_the_worker_with_one_clear_error(
+        kafka: str, topic_prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Were a codec library missing, start-up says so; were a batch undecodable all the same, the
+    worker stops naming the codec, before committing anything past it."""
+    from kafka import codec
+
+    from worker.errors import WorkerError
+    from worker.kafka_io import check_codecs
+
+    s = with_channels(settings(kafka, topic_prefix))
+    create_topic(kafka, f"{topic_prefix}-in")
+    producer = KafkaProducer(bootstrap_servers=kafka, compression_type="snappy")
+    for value in events(50, seed=7):
+        producer.send(f"{topic_prefix}-in", key=b"d", value=value)
+    producer.flush()
+    producer.close()
+    monkeypatch.setattr(codec, "has_snappy", lambda: False)
+    with pytest.raises(WorkerError, match="cannot decode snappy compressed records"):
+        check_codecs()
+    monkeypatch.setattr("worker.service.check_codecs", lambda: None)
+    with pytest.raises(WorkerError, match=r"cannot be decoded: .*snappy.*nothing past it was committed"):
+        Worker(s).run()
+    assert committed(kafka, f"{topic_prefix}-group", TopicPartition(f"{topic_prefix}-in", 0)) is None

@@ -78,7 +78,7 @@ def dead_letter(topic: str, msg: Any, exc: EventError) -> Outgoing:
     original headers are kept in order while they fit, and ``ae-headers-cut`` says what was not."""
     kept, cut = _headers_that_fit(msg.headers or [])
     headers = kept + [
-        ("ae-error", exc.reason.encode()), ("ae-error-kind", exc.kind.encode()),
+        ("ae-error", exc.reason.encode()[:DLQ_HEAD_BYTES]), ("ae-error-kind", exc.kind.encode()),
         ("ae-source-topic", msg.topic.encode()), ("ae-source-partition", str(msg.partition).encode()),
         ("ae-source-offset", str(msg.offset).encode()),
     ]

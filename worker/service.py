@@ -20,10 +20,11 @@ from typing import Any, TypeVar
 
 import numpy as np
 from kafka import ConsumerRebalanceListener, TopicPartition
-from kafka.errors import KafkaError
+from kafka.errors import CorruptRecordError, KafkaError, UnsupportedCodecError
 from kafka.structs import OffsetAndMetadata
 
 from worker.delivery import BatchFailed, PublishError, make_delivery, patiently, retriable
+from worker.errors import WorkerError
 from worker.events import EventError
 from worker.kafka_io import check_codecs, ensure_topics, make_consumer, wait_for_broker
 from worker.observability import HealthServer, Metrics
@@ -131,6 +132,12 @@ class Worker:
     def _loop(self) -> None:
         try:
             self._loop_until_stopped()
+        except (UnsupportedCodecError, CorruptRecordError) as exc:
+            # kafka-python could not decode a fetched batch (a codec it lacks, a CRC that fails):
+            # nothing of it can be read or dead-lettered, so stop before committing past it.
+            owned = ", ".join(sorted(f"{tp.topic}-{tp.partition}" for tp in self.partitions.assigned))
+            raise WorkerError(f"a record batch of one of {owned} cannot be decoded: {exc}; nothing past it "
+                              "was committed") from exc
         except KafkaError as exc:
             if not (self.stop.is_set() and retriable(exc)):
                 raise
@@ -265,6 +272,11 @@ class Worker:
             self._count(tp, outcome)
         self.stats.batches += 1
         self._update_lag()
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("batch %d: %s", self.stats.batches, "; ".join(
+                f"{tp.topic}-{tp.partition} offsets {batch[tp][0].offset}-{batch[tp][-1].offset}: {o.scored} scored, "
+                f"{o.rebuilt} rebuilt, {o.anomalies} anomalies, {len(o.dead)} dead letters"
+                + (" (held for the schema)" if o.held else "") for tp, o in outcomes.items()))
 
     def _count(self, tp: TopicPartition, o: Outcome) -> None:
         s, m = self.stats, self.metrics
