@@ -105,7 +105,7 @@ class InputSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     sep: str | None = Field(None, min_length=1, max_length=1, description="CSV separator (unset: a comma, else "
-                            "the first of ';', tab, '|' in the header)")
+                            "the first of semicolon, tab or bar in the header)")
     time_column: str | None = Field(None, description="column copied to the output as the event time")
     key_column: str | None = Field(None, description="device id column: separate windows and smoothing")
     label_column: str | None = Field(None, description="0/1 labels, never fed to the model")
