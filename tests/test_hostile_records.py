@@ -63,7 +63,7 @@ def test_events_compressed_with_every_kafka_codec_are_scored(kafka: str, topic_p
     codecs = ("gzip", "snappy", "lz4", "zstd")
     values = events(100 * len(codecs), seed=1)
     for i, codec in enumerate(codecs):
-        producer = KafkaProducer(bootstrap_servers=kafka, compression_type=codec, linger_ms=50)
+        producer = KafkaProducer(bootstrap_servers=kafka, compression_type=codec, linger_ms=500)  # one batch each
         for value in values[100 * i: 100 * (i + 1)]:
             producer.send(f"{topic_prefix}-in", key=b"d", value=value)
         producer.flush()
@@ -224,7 +224,8 @@ def test_a_batch_the_client_cannot_decode_stops_the_worker_with_one_clear_error(
 
     s = with_channels(settings(kafka, topic_prefix))
     create_topic(kafka, f"{topic_prefix}-in")
-    producer = KafkaProducer(bootstrap_servers=kafka, compression_type="snappy")
+    producer = KafkaProducer(bootstrap_servers=kafka, compression_type="snappy", linger_ms=500)  # one batch:
+    # (kafka-python leaves a batch uncompressed when compression would not make it smaller)
     for value in events(50, seed=7):
         producer.send(f"{topic_prefix}-in", key=b"d", value=value)
     producer.flush()
