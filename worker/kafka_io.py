@@ -47,6 +47,7 @@ def wait_for_broker(k: KafkaSettings, stop: threading.Event, timeout: float | No
     ``timeout`` seconds (None: no limit). Errors that waiting cannot mend (authentication, bad
     settings) are raised at once."""
     started = time.monotonic()
+    deadline = None if timeout is None else started + timeout
     attempt = 0
     while not stop.is_set():
         attempt += 1
@@ -58,16 +59,16 @@ def wait_for_broker(k: KafkaSettings, stop: threading.Event, timeout: float | No
         except KafkaError as exc:
             if not exc.retriable:
                 raise
-            waited = time.monotonic() - started
-            if timeout is not None and waited >= timeout:
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
                 raise BrokerUnavailableError(f"no Kafka broker answered at {k.bootstrap_servers} within "
                                              f"{timeout:g} s (AE_SERVICE__START_TIMEOUT): {exc}") from None
             limit = f"{timeout:g} s" if timeout is not None else "no limit"
             logger.warning("waiting for the broker at %s (attempt %d, %.0f s of %s): %s", k.bootstrap_servers,
-                           attempt, waited, limit, exc)
+                           attempt, now - started, limit, exc)
             if waiting is not None:
                 waiting("starting", exc)
-            stop.wait(START_RETRY_S)
+            stop.wait(START_RETRY_S if deadline is None else min(START_RETRY_S, deadline - now))
     return False
 
 

@@ -111,10 +111,9 @@ class Worker:
             self.health = HealthServer(self.metrics, svc.metrics_host, svc.metrics_port,
                                        stale_after=k.max_poll_interval_ms / 1000).start()
         try:
-            if not wait_for_broker(k, self.stop, svc.start_timeout, self._waiting):
+            if not wait_for_broker(k, self.stop, svc.start_timeout, self._starting):
                 logger.info("stopped while waiting for the broker")
                 return self.stats
-            self._waiting_for = None
             ensure_topics(k, [*k.input_topics, k.output_topic, k.dlq_topic], k.create_topics)
             self.partitions.store.ensure_topic()
             self._consumer = self.partitions.consumer = make_consumer(k)
@@ -225,6 +224,13 @@ class Worker:
             logger.info("the broker answers again (%s): carrying on", what)
             self._waiting_for = None
         return result
+
+    def _starting(self, what: str, exc: BaseException) -> None:
+        """Waiting for the broker at start-up (wait_for_broker logs each attempt): alive, not ready."""
+        self.metrics.broker_waits.labels(what).inc()
+        if self.health:
+            self.health.beat()
+            self.health.ready = False
 
     def _waiting(self, what: str, exc: BaseException) -> None:
         if self._waiting_for is None:
