@@ -14,6 +14,8 @@ import subprocess
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -61,32 +63,40 @@ def feed(bootstrap: str, topic: str, X: np.ndarray, rate: float) -> None:
     producer.close()
 
 
-def expected_records(X: np.ndarray, s: Settings) -> list[tuple[int, int, str]]:
-    """(partition, offset, type) of every output record of uninterrupted detectors, one per partition."""
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch's intra-op threads set as the CLI sets them (the sums of a matrix product, and so the
+    last bits of a score, depend on how many threads share it)."""
     import torch
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(s.torch_threads)
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
     try:
-        out = []
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def expected_records(X: np.ndarray, s: Settings) -> list[tuple[int, int, str, float, float]]:
+    """(partition, offset, type, score, threshold) of every output record of uninterrupted
+    detectors, one per partition: a restored detector must publish these to the bit."""
+    out = []
+    with torch_threads(s.torch_threads):
         for p in range(X.shape[1]):
             det = AutoencoderDetector(s.detector.to_config(len(CHANNELS), CHANNELS))
             res = det.process_many(X[:, p, :], np.array([f"dev-{p}"] * len(X)))
             for i in range(len(X)):
-                if res.is_anomaly[i]:
-                    out.append((p, i, "anomaly"))
-                elif i in res.closed:
-                    out.append((p, i, "episode_closed"))
-                elif res.regime_change[i]:
-                    out.append((p, i, "regime_change"))
-        return sorted(out)
-    finally:
-        torch.set_num_threads(threads)
+                kind = ("anomaly" if res.is_anomaly[i] else "episode_closed" if i in res.closed
+                        else "regime_change" if res.regime_change[i] else None)
+                if kind is not None:
+                    out.append((p, i, kind, float(res.score[i]), float(res.threshold[i])))
+    return sorted(out)
 
 
-def published_records(bootstrap: str, topic: str) -> list[tuple[int, int, str]]:
+def published_records(bootstrap: str, topic: str) -> list[tuple[int, int, str, float, float]]:
     records = [json.loads(m.value) for m in read_topic(bootstrap, topic, isolation_level="read_committed")]
-    return sorted((r["source"]["partition"], r["source"]["offset"], r["type"]) for r in records)
+    return sorted((r["source"]["partition"], r["source"]["offset"], r["type"], r["score"], r["threshold"])
+                  for r in records)
 
 
 def total_committed(bootstrap: str, group: str, topic: str, partitions: int) -> int:
@@ -223,7 +233,12 @@ def test_a_broker_outage_of_20_seconds_is_ridden_out_with_the_same_output(
                      # idle_timeout shorter than the outage: waiting for the broker must not count as idle
                      service={"idle_timeout": 10, "metrics_port": metrics_port, "snapshot_interval": 1})
         worker = Worker(s)
-        worker_thread = threading.Thread(target=worker.run)
+
+        def run_as_the_cli_does() -> None:
+            with torch_threads(s.torch_threads):
+                worker.run()
+
+        worker_thread = threading.Thread(target=run_as_the_cli_does)
         worker_thread.start()
         group, topic = f"{topic_prefix}-group", f"{topic_prefix}-in"
         deadline = time.monotonic() + 60
