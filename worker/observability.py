@@ -34,7 +34,7 @@ class Metrics:
         self.snapshot_bytes = Gauge("ae_snapshot_bytes", "Size of the last snapshot sent to the changelog",
                                     ["topic", "partition"], registry=r)
         self.snapshots_refused = Counter("ae_snapshots_refused", "Snapshots refused on assignment (the partition "
-                                         "was rebuilt without them): reason corrupt, signature or offset",
+                                         "was rebuilt without them): reason corrupt, signature, foreign or offset",
                                          ["topic", "reason"], registry=r)
         self.rebuilt_events = Counter("ae_rebuilt_events", "Events re-processed after an assignment to rebuild "
                                       "a detector, without publishing", ["topic"], registry=r)

@@ -144,16 +144,17 @@ class StateStore:
                 continue
             candidates.append((tp, Snapshot(det, _offset(meta), str(path), meta)))
         for tp, snap in candidates:
-            reason = self.refusal(tp, snap, bounds[tp], exactly_once)
-            if reason is not None:
-                self._refuse(tp, snap.source, "offset", reason)
+            refused = self.refusal(tp, snap, bounds[tp], exactly_once)
+            if refused is not None:
+                self._refuse(tp, snap.source, *refused)
             elif tp not in found or snap.next_offset > found[tp].next_offset:
                 found[tp] = snap
         return found
 
     @staticmethod
-    def refusal(tp: TopicPartition, snap: Snapshot, b: LogBounds, exactly_once: bool) -> str | None:
-        """Why ``snap`` cannot be the state of ``tp`` as the broker describes it now, or None.
+    def refusal(tp: TopicPartition, snap: Snapshot, b: LogBounds, exactly_once: bool) -> tuple[str, str] | None:
+        """Why ``snap`` cannot be the state of ``tp`` as the broker describes it now, as (``foreign``
+        or ``offset``, the reason in words), or None.
 
         At least once, a snapshot ahead of the committed offset is right (it is taken after its
         batch was published, before the commit); exactly once, snapshot and commit are one
@@ -161,22 +162,24 @@ class StateStore:
         one) or was forged."""
         meta, offset = snap.metadata, snap.next_offset
         if (meta.get("topic"), meta.get("partition")) not in ((None, None), (tp.topic, tp.partition)):
-            return f"it was saved for {meta.get('topic')}-{meta.get('partition')}"
-        if offset < 0:
-            return f"its offset {offset} is negative"
-        if offset > b.end:
-            return (f"its offset {offset} is past the partition's end offset {b.end} (the topic was emptied or "
-                    "made again since, or the snapshot is forged)")
-        if offset < b.start:
-            return f"its offset {offset} is before the partition's first offset {b.start} (events deleted since)"
-        if b.committed is None and offset > b.start:
-            return (f"it claims events up to offset {offset} but the group has committed nothing for the "
-                    "partition (its offsets or the topic were reset since)")
-        if exactly_once and b.committed is not None and offset > b.committed:
-            return f"its offset {offset} is ahead of the committed {b.committed} (an aborted transaction)"
+            return "foreign", f"it was saved for {meta.get('topic')}-{meta.get('partition')}"
         saved_id = meta.get("topic_id")
         if saved_id is not None and b.topic_id is not None and saved_id != b.topic_id:
-            return f"it was saved for topic id {saved_id}, and {tp.topic} is now {b.topic_id} (deleted and made again)"
+            return "foreign", (f"it was saved for topic id {saved_id}, and {tp.topic} is now {b.topic_id} "
+                               "(deleted and made again)")
+        if offset < 0:
+            return "offset", f"its offset {offset} is negative"
+        if offset > b.end:
+            return "offset", (f"its offset {offset} is past the partition's end offset {b.end} (the topic was "
+                              "emptied or made again since, or the snapshot is forged)")
+        if offset < b.start:
+            return "offset", (f"its offset {offset} is before the partition's first offset {b.start} (events "
+                              "deleted since)")
+        if b.committed is None and offset > b.start:
+            return "offset", (f"it claims events up to offset {offset} but the group has committed nothing for the "
+                              "partition (its offsets or the topic were reset since)")
+        if exactly_once and b.committed is not None and offset > b.committed:
+            return "offset", f"its offset {offset} is ahead of the committed {b.committed} (an aborted transaction)"
         return None
 
     def _refuse(self, tp: TopicPartition, source: str, reason: str, why: str) -> None:
