@@ -196,10 +196,10 @@ def test_refusal_reasons_cover_every_way_a_snapshot_can_lie() -> None:
     tp = TopicPartition("in", 3)
     det = AutoencoderDetector(settings("x:1", "p").detector.to_config(2, ("a", "b")))
 
-    def why(offset: int, start: int = 100, end: int = 500, committed: int | None = 400, exactly_once: bool = False,
+    def why(offset: int, start: int = 100, end: int = 500, committed: int | None = 400, max_ahead: int = 60,
             **meta: object) -> str | None:
         snap = Snapshot(det, offset, "test", {"topic": "in", "partition": 3, **meta})
-        refused = StateStore.refusal(tp, snap, LogBounds(start, end, committed, "id-1"), exactly_once)
+        refused = StateStore.refusal(tp, snap, LogBounds(start, end, committed, "id-1"), max_ahead)
         return None if refused is None else ": ".join(refused)
 
     assert why(400) is None and why(450) is None and why(100, committed=None) is None
@@ -208,8 +208,11 @@ def test_refusal_reasons_cover_every_way_a_snapshot_can_lie() -> None:
     assert why(99).startswith("offset: its offset 99 is before the partition's first offset 100")
     assert why(300, committed=None).startswith("offset: it claims events up to offset 300 but the group has "
                                                "committed nothing")
-    assert why(450, exactly_once=True).startswith("offset: its offset 450 is ahead of the committed 400")
-    assert why(400, exactly_once=True) is None
+    assert why(450, max_ahead=0).startswith("offset: its offset 450 is ahead of the committed 400 (an aborted")
+    assert why(400, max_ahead=0) is None
+    assert why(460) is None  # at least once: a crash between publishing a batch and committing it
+    assert why(461).startswith("offset: its offset 461 is ahead of the committed 400 (more than a batch, 60 "
+                               "events: the group's offsets were moved back since)")
     assert why(400, partition=4) == "foreign: it was saved for in-4"
     assert why(400, topic_id="id-0").startswith("foreign: it was saved for topic id id-0, and in is now id-1")
     assert why(400, topic_id="id-1") is None
@@ -239,3 +242,28 @@ def test_a_batch_the_client_cannot_decode_stops_the_worker_with_one_clear_error(
     with pytest.raises(WorkerError, match=r"cannot be decoded: .*snappy.*nothing past it was committed"):
         Worker(s).run()
     assert committed(kafka, f"{topic_prefix}-group", TopicPartition(f"{topic_prefix}-in", 0)) is None
+
+
+def test_offsets_moved_back_to_process_again_are_not_skipped_by_a_snapshot(kafka: str, topic_prefix: str) -> None:
+    """An operator resets the group's offsets to the beginning (kafka-consumer-groups
+    --reset-offsets) to process a topic again: the snapshot, far ahead of the new commit, is
+    refused and every event is scored and published again."""
+    from kafka import KafkaConsumer
+    from kafka.structs import OffsetAndMetadata
+
+    s = with_channels(settings(kafka, topic_prefix, max_poll_records=50,
+                               detector={"warmup": 64, "batch_size": 32}), idle_timeout=3)
+    topic = f"{topic_prefix}-in"
+    create_topic(kafka, topic)
+    produce_events(kafka, topic, events(600, seed=8))
+    first = Worker(s).run()
+    assert first.events == 600
+    tp = TopicPartition(topic, 0)
+    operator = KafkaConsumer(bootstrap_servers=kafka, group_id=s.kafka.group_id, enable_auto_commit=False)
+    operator.assign([tp])
+    operator.commit({tp: OffsetAndMetadata(0, "", -1)})
+    operator.close()
+    again = Worker(s)
+    stats = again.run()
+    assert refused(again, topic, "offset") == 1  # 600 is more than a batch (50 + 8 x 16) past 0
+    assert stats.events == 600 and scored(again, topic) == 600 and stats.anomalies == first.anomalies

@@ -561,7 +561,7 @@ def test_snapshots_larger_than_a_broker_message_go_through_the_changelog(kafka: 
     size = worker.metrics.registry.get_sample_value("ae_snapshot_bytes", {"topic": tp.topic, "partition": "0"})
     assert size > 1_100_000  # over the broker's default message.max.bytes
     bounds = {tp: LogBounds(start=0, end=1200, committed=1200, topic_id=None)}
-    snapshot = StateStore(s, worker.metrics).latest([tp], bounds, exactly_once=False)[tp]
+    snapshot = StateStore(s, worker.metrics).latest([tp], bounds, max_ahead=0)[tp]
     assert snapshot.next_offset == 1200 and snapshot.detector.events_seen == 1200
 
 

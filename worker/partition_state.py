@@ -122,10 +122,10 @@ class StateStore:
 
     # -- reading ----------------------------------------------------------------------------------
     def latest(self, tps: list[TopicPartition], bounds: dict[TopicPartition, LogBounds],
-               exactly_once: bool) -> dict[TopicPartition, Snapshot]:
+               max_ahead: int) -> dict[TopicPartition, Snapshot]:
         """The furthest usable snapshot of each partition, from the changelog and the local cache.
 
-        Each is checked against ``bounds`` (:meth:`refusal`); a refused one is logged, counted and
+        Each is checked against ``bounds`` and ``max_ahead`` (:meth:`refusal`); a refused one is logged, counted and
         passed over. Raises :class:`CheckpointError` for a corrupt local file (left in place for
         inspection); a local file with a wrong or missing signature is refused like the others."""
         for tp, b in bounds.items():
@@ -144,7 +144,7 @@ class StateStore:
                 continue
             candidates.append((tp, Snapshot(det, _offset(meta), str(path), meta)))
         for tp, snap in candidates:
-            refused = self.refusal(tp, snap, bounds[tp], exactly_once)
+            refused = self.refusal(tp, snap, bounds[tp], max_ahead)
             if refused is not None:
                 self._refuse(tp, snap.source, *refused)
             elif tp not in found or snap.next_offset > found[tp].next_offset:
@@ -152,14 +152,15 @@ class StateStore:
         return found
 
     @staticmethod
-    def refusal(tp: TopicPartition, snap: Snapshot, b: LogBounds, exactly_once: bool) -> tuple[str, str] | None:
+    def refusal(tp: TopicPartition, snap: Snapshot, b: LogBounds, max_ahead: int) -> tuple[str, str] | None:
         """Why ``snap`` cannot be the state of ``tp`` as the broker describes it now, as (``foreign``
         or ``offset``, the reason in words), or None.
 
-        At least once, a snapshot ahead of the committed offset is right (it is taken after its
-        batch was published, before the commit); exactly once, snapshot and commit are one
-        transaction, so one ahead of the commit never committed (only the local cache can hold
-        one) or was forged."""
+        ``max_ahead``: how far past the committed offset a true snapshot can be. At least once, by
+        one batch (it is taken after its batch was published, before the commit: a crash between
+        leaves it ahead); further means the group's offsets were moved back (to process again),
+        and keeping it would skip what was asked for. Exactly once, 0: snapshot and commit are one
+        transaction, so one ahead never committed (only the local cache can hold one) or was forged."""
         meta, offset = snap.metadata, snap.next_offset
         if (meta.get("topic"), meta.get("partition")) not in ((None, None), (tp.topic, tp.partition)):
             return "foreign", f"it was saved for {meta.get('topic')}-{meta.get('partition')}"
@@ -178,8 +179,10 @@ class StateStore:
         if b.committed is None and offset > b.start:
             return "offset", (f"it claims events up to offset {offset} but the group has committed nothing for the "
                               "partition (its offsets or the topic were reset since)")
-        if exactly_once and b.committed is not None and offset > b.committed:
-            return "offset", f"its offset {offset} is ahead of the committed {b.committed} (an aborted transaction)"
+        if b.committed is not None and offset > b.committed + max_ahead:
+            why = ("an aborted transaction" if max_ahead == 0 else
+                   f"more than a batch, {max_ahead} events: the group's offsets were moved back since")
+            return "offset", f"its offset {offset} is ahead of the committed {b.committed} ({why})"
         return None
 
     def _refuse(self, tp: TopicPartition, source: str, reason: str, why: str) -> None:

@@ -103,7 +103,7 @@ class Partitions:
         logger.debug("restoring %s: %s", ", ".join(f"{tp.topic}-{tp.partition}" for tp in arrived),
                      "; ".join(f"{tp.partition}: log {b.start}..{b.end}, committed {b.committed}"
                                for tp, b in bounds.items()))
-        snapshots = self.store.latest(arrived, bounds, self.settings.kafka.exactly_once)
+        snapshots = self.store.latest(arrived, bounds, self.snapshot_lead())
         for tp in arrived:
             self.states.pop(tp, None)
             self.parsers.pop(tp, None)
@@ -112,6 +112,14 @@ class Partitions:
             self._plan_rebuild(tp, bounds[tp])
             self.consumer.resume(tp)
         self.arrived.clear()
+
+    def snapshot_lead(self) -> int:
+        """How far a true snapshot can be ahead of the group's committed offset: none exactly once
+        (one transaction), one batch at least once (a batch holds at most max_poll_records polled
+        events, plus the events held while its partition's channels were being decided)."""
+        if self.settings.kafka.exactly_once:
+            return 0
+        return self.settings.kafka.max_poll_records + SCHEMA_PATIENCE * self.settings.events.schema_sample
 
     def _bounds(self, tps: list[TopicPartition]) -> dict[TopicPartition, LogBounds]:
         """The partitions' log start and end offsets, the group's commits and the topics' ids."""
