@@ -26,7 +26,7 @@ INPUT_FLAGS = ("sep", "time_column", "key_column", "label_column", "ignore_colum
 
 def add_input_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("reading the recording")
-    group.add_argument("--sep", help="CSV separator (default ',')")
+    group.add_argument("--sep", help="CSV separator (default: a comma, else the first of ';', tab, '|' in the header)")
     group.add_argument("--time-column", help="column with the event time (copied to the output)")
     group.add_argument("--key-column", help="column with the device id (separate windows and smoothing)")
     group.add_argument("--label-column", help="column with 0/1 labels (never fed to the model)")
