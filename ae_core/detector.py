@@ -21,7 +21,7 @@ from ae_core.keys import KeyTracker
 from ae_core.losses import add_penalty_gradient, feature_errors
 from ae_core.network import Autoencoder, activate
 from ae_core.scaling import OnlineScaler
-from ae_core.scoring import ResidualScorer
+from ae_core.scoring import QUIET_SCORE, ResidualScorer
 from ae_core.single_event import SingleEventForward
 from ae_core.threshold import AdaptiveThreshold, QuantileThreshold
 from ae_core.windowing import SlidingWindow
@@ -274,6 +274,8 @@ class AutoencoderDetector(AnomalyDetector):
         if keys is not None:
             self.keys.seen(keys.tolist(), first)
         limit = self.threshold.get()
+        if limit is not None:
+            limit = max(limit, QUIET_SCORE)
         live = np.arange(first, self.events_seen) >= c.warmup
         score = np.where(live, self.scorer.aggregate(deviations), np.nan)
         threshold = np.where(live, np.nan if limit is None else limit, np.nan)

@@ -32,6 +32,12 @@ from ae_core.scaling import OnlineScaler
 
 # Smallest residual spread, in scaled input units (standard deviations, or the [0, 1] range).
 RESIDUAL_FLOOR = 1e-3
+# The lowest threshold there is. A stream whose residuals vary exactly as much as the floors
+# allow scores about 1 on average (the mean of n squared unit deviations); a quieter one (a
+# constant, a channel the network reconstructs perfectly) scores less, and a threshold that
+# followed it down would flag changes smaller than the floors call noise: an exactly constant
+# stream flooded. Not tuned: on every real recording at hand the threshold never went below 1.18.
+QUIET_SCORE = 1.0
 
 
 class ResidualScorer:

@@ -8,6 +8,7 @@ import pytest
 from ae_core import AutoencoderDetector, DetectorConfig
 from ae_core.checkpoint import dumps, loads
 from ae_core.episodes import EpisodeTracker
+from ae_core.scoring import QUIET_SCORE
 from worker.simulate import stress
 
 EVENTS, MIDDLE = 6000, 3000
@@ -24,6 +25,36 @@ def test_streams_without_anomalies_stay_quiet(kind: str) -> None:
     det, _, res = run(kind)
     judged = res.is_anomaly[det.config.warmup:]
     assert judged.mean() <= 0.002, f"{judged.sum()} of {len(judged)} flagged"
+
+
+@pytest.mark.parametrize("channels", [2, 3, 4, 6, 8])
+def test_an_exactly_constant_stream_is_silent(channels: int) -> None:
+    """A stuck sensor, or a CSV of one value: no noise at all. Its scores are far below 1, and a
+    threshold that followed them down flagged 27-59% of events at 4 and 6 channels."""
+    det = AutoencoderDetector(DetectorConfig(n_channels=channels))
+    res = det.process_many(np.full((3000, channels), 40.0))
+    assert not res.is_anomaly.any() and not res.alert.any()
+    assert np.nanmin(res.threshold) >= QUIET_SCORE
+
+
+@pytest.mark.parametrize("moved", [[0], [0, 1, 2, 3]])
+def test_a_step_out_of_a_constant_is_alerted_once(moved: list[int]) -> None:
+    X = np.full((EVENTS, 4), 40.0)
+    X[MIDDLE:, moved] += 8.0
+    res = AutoencoderDetector(DetectorConfig(n_channels=4)).process_many(X)
+    assert not res.is_anomaly[:MIDDLE].any()
+    assert res.alert[MIDDLE] and res.alert.sum() == 1
+
+
+def test_a_constant_channel_beside_moving_ones_counts_once_it_moves() -> None:
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(EVENTS, 4)) + np.arange(4) * 10.0
+    X[:, 3] = 7.0  # a channel that never moves: no source of false alarms
+    X[MIDDLE:MIDDLE + 100, 3] = 9.0  # until it does
+    res = AutoencoderDetector(DetectorConfig(n_channels=4)).process_many(X)
+    assert res.is_anomaly[400:MIDDLE].mean() <= 0.002
+    assert res.is_anomaly[MIDDLE:MIDDLE + 5].any() and res.alert[MIDDLE:MIDDLE + 100].sum() == 1
+    assert res.top_channels[MIDDLE, 0] == 3  # and it is the one named
 
 
 def test_one_extreme_reading_costs_a_few_flags() -> None:

@@ -82,8 +82,8 @@ STRESS = ("flat", "noise", "spike", "step", "step-return")
 
 
 def stress(kind: str, events: int = 6000, features: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """A stream that tests a decision mechanism rather than detection: ``flat`` (a constant with
-    rounding-level noise) and ``noise`` (independent Gaussian noise) hold no anomaly; ``spike``
+    """A stream that tests a decision mechanism rather than detection: ``flat`` (exactly constant,
+    as a stuck sensor or a CSV of one value is) and ``noise`` (independent Gaussian noise) hold no anomaly; ``spike``
     has one valid but extreme reading (1e15) at the middle; ``step`` shifts every channel by 8
     standard deviations at the middle for good; ``step-return`` shifts them for 100 events and
     comes back. Labels mark the spike and the shifted events."""
@@ -93,7 +93,7 @@ def stress(kind: str, events: int = 6000, features: int = 4, seed: int = 0) -> t
     labels = np.zeros(events)
     middle = events // 2
     if kind == "flat":
-        return 40.0 + rng.normal(0.0, 1e-9, size=(events, features)), labels
+        return np.full((events, features), 40.0), labels
     X = rng.normal(0.0, 1.0, size=(events, features)) + np.arange(1, features + 1) * 10.0
     if kind == "spike":
         X[middle, 0] = 1e15
