@@ -126,7 +126,8 @@ def test_corrupt_checkpoint_is_refused_loudly(recording: Path, tmp_path: Path, c
 
 @pytest.mark.parametrize(("argv", "env", "named"), [
     (["--bottleneck", "50"], {}, "AE_DETECTOR__BOTTLENECK"),
-    (["--smoothing", "0"], {}, "AE_DETECTOR__SMOOTHING"),
+    (["--smoothing", "0"], {}, "invalid value for --smoothing: Input should be greater than 0 (got '0')"),
+    (["--sep", ";;"], {}, "invalid value for --sep: String should have at most 1 character"),
     ([], {"AE_DETECTOR__THRESHOLD_K": "-1"}, "AE_DETECTOR__THRESHOLD_K"),
     ([], {"AE_DETECTOR__OUTPUT_ACTIVATION": "tanh"}, "AE_DETECTOR__OUTPUT_ACTIVATION"),
 ])
@@ -269,3 +270,48 @@ def test_the_command_as_a_process_gives_the_same_output(recording: Path, tmp_pat
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "process.jsonl").read_bytes() == (tmp_path / "in_process.jsonl").read_bytes()
     assert "leaked" not in done.stderr and "Traceback" not in done.stderr
+
+
+def test_every_flag_has_help_and_enumerated_settings_are_choices(capsys) -> None:
+    from worker.cli import build_parser
+
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    for name, command in commands.items():
+        for action in command._actions:
+            assert action.help, f"{name} {action.option_strings or action.dest} has no help"
+    assert "--create-topics" not in commands["record"].format_help()  # record creates nothing
+    text = commands["run"].format_help()
+    assert "--threshold-rule {sigma,quantile}" in text and "--score-aggregate {mean,max}" in text
+    assert "(default: 4.0)" in text and "(default: 127.0.0.1:9092)" in text and "(default: 32,16)" in text
+    assert "(default: 20000)" in commands["simulate"].format_help()
+    with pytest.raises(SystemExit) as exc:
+        main(["replay", "x.csv", "--threshold-rule", "foo"])
+    assert exc.value.code == 2
+    assert "invalid choice: 'foo' (choose from 'sigma', 'quantile')" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("name", "suggested"), [
+    ("AE_DETECTR__THRESHOLD_K", "AE_DETECTOR__THRESHOLD_K"),
+    ("AE_DETECTOR_THRESHOLD_K", "AE_DETECTOR__THRESHOLD_K"),
+    ("AE_KAFKA__BOOTSTRAP_SERVER", "AE_KAFKA__BOOTSTRAP_SERVERS"),
+    ("ae_log_levl", "AE_LOG_LEVEL"),
+])
+def test_a_variable_that_names_no_setting_is_an_error(recording: Path, monkeypatch, capsys, name: str,
+                                                      suggested: str) -> None:
+    monkeypatch.setenv(name, "3")
+    assert main(["replay", str(recording)]) == 2
+    assert f"unknown setting {name} in the environment (did you mean {suggested}?)" in capsys.readouterr().err
+
+
+def test_a_typo_in_the_dotenv_file_is_an_error_and_the_scripts_variables_are_not(
+        recording: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("AE_KAFKA_PORT", "19092")  # scripts/kafka/broker.sh's own variables
+    monkeypatch.setenv("AE_KAFKA_HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("AE_DETECTOR__WARMUP=100\nAE_DETECTOR__TRESHOLD_K=3\n")
+    assert main(["replay", str(recording), "-o", str(tmp_path / "o.jsonl")]) == 2
+    assert "unknown setting AE_DETECTOR__TRESHOLD_K in the .env file (did you mean AE_DETECTOR__THRESHOLD_K?)" in \
+        capsys.readouterr().err
+    (tmp_path / ".env").write_text("AE_DETECTOR__WARMUP=100\n")
+    assert main(["replay", str(recording), "-o", str(tmp_path / "o.jsonl")]) == 0

@@ -8,12 +8,12 @@ import gc
 import logging
 import sys
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
 
 from kafka.errors import KafkaError
 
 from ae_core import AECoreError
-from worker.errors import WorkerError
+from worker.errors import SettingsError, WorkerError
 from worker.logs import configure_logging
 from worker.settings import DetectorSettings, Settings, load_settings
 from worker.simulate import STRESS
@@ -24,25 +24,59 @@ LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
 INPUT_FLAGS = ("sep", "time_column", "key_column", "label_column", "ignore_columns")
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Adds ``(default: X)`` to a flag's help when it has a default worth telling."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def setting_default(section: str, name: str) -> str:
+    """A setting's default as its help shows it ('' when unset by default)."""
+    model = Settings.model_fields[section].annotation
+    default = model.model_fields[name].default  # type: ignore[union-attr]
+    if default is None:
+        return ""
+    shown = ",".join(map(str, default)) if isinstance(default, tuple) else str(default)
+    return f" (default: {shown})"
+
+
+def choices_of(annotation: object) -> tuple[str, ...] | None:
+    """The values of a Literal setting (optional or not), for argparse to list and check."""
+    for part in (annotation, *get_args(annotation)):
+        if get_origin(part) is Literal:
+            return tuple(str(value) for value in get_args(part))
+    return None
+
+
 def add_input_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("reading the recording")
     group.add_argument("--sep", help="CSV separator (default: a comma, else the first of ';', tab, '|' in the header)")
-    group.add_argument("--time-column", help="column with the event time (copied to the output)")
+    group.add_argument("--time-column", help="column with the event time (copied to the output; default: one "
+                       "named timestamp, time, datetime, date or ts, or holding ISO-8601 date-times)")
     group.add_argument("--key-column", help="column with the device id (separate windows and smoothing)")
-    group.add_argument("--label-column", help="column with 0/1 labels (never fed to the model)")
+    group.add_argument("--label-column", help="column with 0/1 labels, never fed to the model (default: one "
+                       "named anomaly, is_anomaly, label or changepoint)")
     group.add_argument("--ignore-columns", help="comma-separated columns to leave out (names may hold spaces)")
 
 
 def add_detector_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per detector setting, generated from the settings model so the two never drift."""
+    """One flag per detector setting, generated from the settings model so the two never drift:
+    its description, its default, and for settings with fixed values, those values."""
     group = parser.add_argument_group("detector (env AE_DETECTOR__<NAME>)")
     for name, info in DetectorSettings.model_fields.items():
         flag = "--" + name.replace("_", "-")
+        text = f"{info.description}{setting_default('detector', name)}"
         if info.annotation is bool:
             group.add_argument(flag, dest=f"detector_{name}", action=argparse.BooleanOptionalAction,
-                               default=None, help=info.description)
+                               default=None, help=text)
         else:
-            group.add_argument(flag, dest=f"detector_{name}", metavar=name.upper(), help=info.description)
+            choices = choices_of(info.annotation)
+            group.add_argument(flag, dest=f"detector_{name}", metavar=None if choices else name.upper(), help=text,
+                               choices=choices)
 
 
 KAFKA_FLAGS = {  # flag dest -> (settings section, field)
@@ -57,30 +91,42 @@ KAFKA_FLAGS = {  # flag dest -> (settings section, field)
 }
 
 
-def add_kafka_flags(parser: argparse.ArgumentParser, run: bool) -> None:
+def add_kafka_flags(parser: argparse.ArgumentParser, run: bool, create: bool = True) -> None:
+    def d(dest: str) -> str:
+        return setting_default(*KAFKA_FLAGS[dest])
+
     group = parser.add_argument_group("Kafka (env AE_KAFKA__<NAME>)")
-    group.add_argument("--bootstrap-servers", help="host:port[,host:port] (default 127.0.0.1:9092)")
-    group.add_argument("--create-topics", action=argparse.BooleanOptionalAction, default=None,
-                       help="create missing topics instead of failing")
-    group.add_argument("--partitions", help="partitions of created topics")
+    group.add_argument("--bootstrap-servers", help="host:port[,host:port]" + d("bootstrap_servers"))
+    if create:
+        group.add_argument("--create-topics", action=argparse.BooleanOptionalAction, default=None,
+                           help="create missing topics instead of failing" + d("create_topics"))
+        group.add_argument("--partitions", help="partitions of created topics" + d("partitions"))
     if not run:
         return
-    group.add_argument("--input-topic", help="topic(s) to consume, comma-separated")
-    group.add_argument("--output-topic", help="where anomalies go")
-    group.add_argument("--dlq-topic", help="where malformed events go")
-    group.add_argument("--group-id", help="consumer group")
-    group.add_argument("--batch-max-events", help="most events per mini-batch (max_poll_records)")
-    group.add_argument("--batch-max-wait-ms", help="longest wait for a mini-batch (poll timeout)")
+    group.add_argument("--input-topic", help="topic(s) to consume, comma-separated" + d("input_topic"))
+    group.add_argument("--output-topic", help="where anomalies go" + d("output_topic"))
+    group.add_argument("--dlq-topic", help="where malformed events go" + d("dlq_topic"))
+    group.add_argument("--group-id", help="consumer group" + d("group_id"))
+    group.add_argument("--batch-max-events", help="most events per mini-batch (max_poll_records)"
+                       + d("batch_max_events"))
+    group.add_argument("--batch-max-wait-ms", help="longest wait for a mini-batch (poll timeout)"
+                       + d("batch_max_wait_ms"))
     group.add_argument("--channels", help="channel names in model order (needed for list readings)")
     group.add_argument("--exactly-once", action=argparse.BooleanOptionalAction, default=None,
-                       help="one transaction per batch; readers use isolation.level=read_committed")
+                       help="one transaction per batch; readers use isolation.level=read_committed"
+                       + d("exactly_once"))
     group.add_argument("--instance-id", help="stable unique name of this worker (static membership, "
                        "transactional id)")
     svc = parser.add_argument_group("service (env AE_SERVICE__<NAME>)")
     svc.add_argument("--max-events", help="exit 0 after this many events")
     svc.add_argument("--idle-timeout", help="exit 0 after this many seconds without a new event")
-    svc.add_argument("--metrics-port", help="Prometheus /metrics, /healthz, /readyz (0 = off)")
+    svc.add_argument("--metrics-port", help="Prometheus /metrics, /healthz, /readyz (0 = off)" + d("metrics_port"))
     svc.add_argument("--state-dir", help="keep each partition's detector here across restarts")
+
+
+# (section, setting) -> the flag's dest, where it differs from the setting's name
+FLAG_OF_SETTING = {**{setting: dest for dest, setting in KAFKA_FLAGS.items()},
+                   **{("input", name): name for name in INPUT_FLAGS}}
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -93,18 +139,36 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             overrides[section][name] = getattr(args, dest)
     if getattr(args, "log_level", None):
         overrides["log_level"] = args.log_level
-    return load_settings(**overrides)
+    try:
+        return load_settings(**overrides)
+    except SettingsError as exc:  # a flag's bad value is told by the flag's name
+        section_name = exc.location[:2]
+        given = ({(section, name) for section, values in overrides.items() if isinstance(values, dict)
+                  for name in values} if len(section_name) == 2 else set())
+        if section_name in given:
+            section, name = section_name
+            dest = FLAG_OF_SETTING.get((section, name), name)
+            flag = "--" + dest.replace("_", "-")
+            raise SettingsError(f"invalid value for {flag}: {exc.problem}", exc.location, exc.problem) from exc
+        raise
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ae-worker", description="Streaming autoencoder anomaly detection.")
-    parser.add_argument("--log-level", choices=LOG_LEVELS)
+    parser = argparse.ArgumentParser(prog="ae-worker", description="Streaming autoencoder anomaly detection.",
+                                     formatter_class=DefaultsHelpFormatter)
+    parser.add_argument("--log-level", choices=LOG_LEVELS, help="log level (default: INFO; env AE_LOG_LEVEL)")
     sub = parser.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--log-level", choices=LOG_LEVELS, default=argparse.SUPPRESS)
+    common.add_argument("--log-level", choices=LOG_LEVELS, default=argparse.SUPPRESS,
+                        help="log level (default: INFO; env AE_LOG_LEVEL)")
 
-    replay = sub.add_parser("replay", parents=[common], help="replay a recording through a fresh detector")
-    replay.add_argument("input", nargs="?", help="CSV or JSONL recording (default: a simulated one)")
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], help=text, description=text,
+                              formatter_class=DefaultsHelpFormatter)
+
+    replay = command("replay", "replay a recording through a fresh detector")
+    replay.add_argument("input", nargs="?", help="CSV or JSONL recording, '-' for stdin, gzipped or not "
+                        "(default: a simulated one)")
     replay.add_argument("--output", "-o", default="-", help="JSON lines output ('-' = stdout)")
     replay.add_argument("--errors", help="where invalid rows go (default: OUTPUT.errors.jsonl, or stderr)")
     replay.add_argument("--emit-latent", action="store_true", help="add the bottleneck code to each line")
@@ -113,42 +177,41 @@ def build_parser() -> argparse.ArgumentParser:
     add_input_flags(replay)
     add_detector_flags(replay)
 
-    evaluate = sub.add_parser("evaluate", parents=[common], 
-                              help="replay a labelled recording and report detection quality")
-    evaluate.add_argument("input")
+    evaluate = command("evaluate", "replay a labelled recording and report detection quality")
+    evaluate.add_argument("input", help="CSV or JSONL recording with a label column, '-' for stdin, gzipped or not")
     evaluate.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
     evaluate.add_argument("--plot", help="draw score, threshold, labels and flags to this PNG")
     add_input_flags(evaluate)
     add_detector_flags(evaluate)
 
-    run = sub.add_parser("run", parents=[common], help="consume sensor events from Kafka and publish anomalies")
+    run = command("run", "consume sensor events from Kafka and publish anomalies")
     add_kafka_flags(run, run=True)
     add_detector_flags(run)
 
-    produce = sub.add_parser("produce", parents=[common], help="send a recording to a Kafka topic, keyed")
-    produce.add_argument("input")
-    produce.add_argument("--topic", required=True)
+    produce = command("produce", "send a recording to a Kafka topic, keyed")
+    produce.add_argument("input", help="CSV or JSONL recording, '-' for stdin, gzipped or not")
+    produce.add_argument("--topic", required=True, help="the topic to send the events to")
     produce.add_argument("--key", help="record key when there is no --key-column (default: file name)")
     produce.add_argument("--speed", type=float, default=0.0,
                          help="0: as fast as possible; F: the time column's pace times F")
     add_input_flags(produce)
     add_kafka_flags(produce, run=False)
 
-    record = sub.add_parser("record", parents=[common], help="write a topic's events to a JSONL file to replay later")
-    record.add_argument("--topic", required=True)
-    record.add_argument("--output", "-o", required=True)
-    record.add_argument("--max-events", type=int)
-    record.add_argument("--idle-timeout", type=float, default=5.0, dest="record_idle_timeout")
-    add_kafka_flags(record, run=False)
+    record = command("record", "write a topic's events to a JSONL file to replay later")
+    record.add_argument("--topic", required=True, help="the topic to read, from its beginning to its current end")
+    record.add_argument("--output", "-o", required=True, help="the JSON lines file to write")
+    record.add_argument("--max-events", type=int, help="stop after this many events")
+    record.add_argument("--idle-timeout", type=float, default=5.0, dest="record_idle_timeout",
+                        help="stop after this many seconds without an event")
+    add_kafka_flags(record, run=False, create=False)
 
-    simulate = sub.add_parser("simulate", parents=[common], 
-                              help="write a simulated sensor recording with labelled anomalies")
-    simulate.add_argument("--output", "-o", required=True)
-    simulate.add_argument("--events", type=int, default=20_000)
-    simulate.add_argument("--features", type=int, default=8)
-    simulate.add_argument("--seed", type=int, default=0)
-    simulate.add_argument("--stress", choices=STRESS, help="a stress stream instead (flat, noise, one extreme spike, "
-                          "a step that stays, a step that returns)")
+    simulate = command("simulate", "write a simulated sensor recording with labelled anomalies")
+    simulate.add_argument("--output", "-o", required=True, help="the CSV (or .jsonl) file to write")
+    simulate.add_argument("--events", type=int, default=20_000, help="rows to write")
+    simulate.add_argument("--features", type=int, default=8, help="reading channels")
+    simulate.add_argument("--seed", type=int, default=0, help="seeds the recording: same seed, same file")
+    simulate.add_argument("--stress", choices=STRESS, help="a stress stream instead (an exactly constant line, "
+                          "noise, one extreme spike, a step that stays, a step that returns)")
     return parser
 
 

@@ -12,4 +12,10 @@ class InputFormatError(WorkerError):
 
 
 class SettingsError(WorkerError):
-    """A setting is invalid; the message names it as the user wrote it (env var or flag)."""
+    """A setting is invalid; the message names it as the user wrote it (env var or flag).
+    ``location`` is (section, name) of the setting where one is known, ``problem`` what is wrong."""
+
+    def __init__(self, message: str, location: tuple[str, ...] = (), problem: str | None = None) -> None:
+        super().__init__(message)
+        self.location = location
+        self.problem = problem or message

@@ -6,8 +6,13 @@ names (``AE_DETECTOR__THRESHOLD_K=5``), or from a ``.env`` file; command-line fl
 
 from __future__ import annotations
 
+import difflib
+import os
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Annotated, Literal, TypeVar
 
+from dotenv import dotenv_values
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as SourceError
@@ -214,16 +219,55 @@ class Settings(BaseSettings):
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads (small networks: 1 is fastest)")
 
 
+# Variables with the AE_ prefix that belong to the project's own scripts, not to the settings
+# (scripts/kafka/broker.sh, tests/conftest.py, .ci/run): never reported as unknown settings.
+TOOL_VARIABLES = frozenset({"AE_KAFKA_HOME", "AE_KAFKA_PORT", "AE_KAFKA_LIBS", "AE_TEST_BOOTSTRAP", "AE_CI_VENV_ROOT"})
+
+
+def setting_names() -> list[str]:
+    """Every variable that names a setting: ``AE_<NAME>``, ``AE_<SECTION>`` (the whole section as
+    JSON) and ``AE_<SECTION>__<NAME>``."""
+    names = []
+    for name, info in Settings.model_fields.items():
+        names.append(ENV_PREFIX + name.upper())
+        section = info.annotation
+        if isinstance(section, type) and issubclass(section, BaseModel):
+            names += [f"{ENV_PREFIX}{name.upper()}__{field.upper()}" for field in section.model_fields]
+    return names
+
+
+def check_variable_names(environ: Mapping[str, str], env_file: str | Path = ".env") -> None:
+    """Raise :class:`SettingsError` for an ``AE_`` variable, in the environment or the ``.env``
+    file, that names no setting (a typo would otherwise leave the default in place, silently),
+    with the closest valid name."""
+    known = set(setting_names()) | TOOL_VARIABLES
+    found = [(name, "environment") for name in environ]
+    if Path(env_file).is_file():
+        found += [(name, f"{env_file} file") for name in dotenv_values(env_file)]
+    for name, where in found:
+        upper = name.upper()
+        if upper.startswith(ENV_PREFIX) and upper not in known:
+            close = difflib.get_close_matches(upper, sorted(known - TOOL_VARIABLES), n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise SettingsError(f"unknown setting {name} in the {where}{hint}; the settings are listed by "
+                                "`ae-worker run --help` and in README.md", location=())
+
+
 def load_settings(**overrides: object) -> Settings:
     """Settings from env/.env with ``overrides`` (nested dicts, from flags) on top.
 
-    Raises :class:`SettingsError` naming the first invalid setting as an environment variable.
+    Raises :class:`SettingsError` naming the first invalid setting as an environment variable,
+    with its location (section, name) for the caller to name a flag instead; an ``AE_`` variable
+    that names no setting is an error too.
     """
+    check_variable_names(os.environ)
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         first = exc.errors()[0]
-        name = ENV_PREFIX + "__".join(str(part) for part in first["loc"] if not isinstance(part, int)).upper()
-        raise SettingsError(f"invalid setting {name}: {first['msg']} (got {first.get('input')!r})") from exc
+        location = tuple(str(part) for part in first["loc"] if not isinstance(part, int))
+        name = ENV_PREFIX + "__".join(location).upper()
+        raise SettingsError(f"invalid setting {name}: {first['msg']} (got {first.get('input')!r})",
+                            location=location, problem=f"{first['msg']} (got {first.get('input')!r})") from exc
     except SourceError as exc:
-        raise SettingsError(f"invalid setting: {exc}") from exc
+        raise SettingsError(f"invalid setting: {exc}", location=()) from exc
