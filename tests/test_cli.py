@@ -315,3 +315,11 @@ def test_a_typo_in_the_dotenv_file_is_an_error_and_the_scripts_variables_are_not
         capsys.readouterr().err
     (tmp_path / ".env").write_text("AE_DETECTOR__WARMUP=100\n")
     assert main(["replay", str(recording), "-o", str(tmp_path / "o.jsonl")]) == 0
+
+
+def test_a_replay_without_invalid_rows_leaves_no_errors_file(recording: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    stale = tmp_path / "out.jsonl.errors.jsonl"
+    stale.write_text('{"index": 1, "invalid": "from an earlier run"}\n')
+    assert main(["replay", str(recording), "-o", str(out)]) == 0
+    assert out.exists() and not stale.exists()

@@ -241,3 +241,12 @@ def test_a_bom_before_the_json_is_accepted() -> None:
 def test_record_timestamps_of_any_value(ms: int | None, iso: str | None, kept: int | None) -> None:
     event = EventParser(("a",), False, 1000).parse(dumps({"key": "k", "readings": {"a": 1.0}}), None, ms)
     assert event.timestamp == iso and event.unreadable_record_time == kept
+
+
+def test_the_first_valid_events_decide_however_many_follow() -> None:
+    """Only the first schema_sample valid events vote: a poll of 2,000 events decides what a poll of
+    20 does, so a restart that polls differently decides the same channels."""
+    first = [dumps({"key": "k", "readings": {"a": 1.0, "b": 2.0}}) for _ in range(16)]
+    later = [dumps({"key": "k", "readings": {"x": 1.0, "y": 2.0, "z": 3.0}}) for _ in range(2000)]
+    assert infer_channels(first + later, 1000, limit=16) == (("a", "b"), 16)
+    assert infer_channels(first + later, 1000) == (("x", "y", "z"), 2016)  # all of them, unlimited

@@ -190,16 +190,20 @@ class EventParser:
         return values
 
 
-def infer_channels(values: list[bytes | None], max_bytes: int) -> tuple[tuple[str, ...] | None, int]:
+def infer_channels(values: list[bytes | None], max_bytes: int,
+                   limit: int | None = None) -> tuple[tuple[str, ...] | None, int]:
     """The channels a stream's events agree on, and how many valid events had a say.
 
-    Of the valid events whose ``readings`` is a non-empty object, the key set most of them carry
-    wins (a tie goes to the set seen first), in the order of its first event: one malformed early
-    event cannot decide the schema of the valid ones after it. ``(None, 0)`` without such events.
+    Of the valid events whose ``readings`` is a non-empty object (the first ``limit`` of them,
+    when given), the key set most of them carry wins (a tie goes to the set seen first), in the
+    order of its first event: one malformed early event cannot decide the schema of the valid
+    ones after it. ``(None, 0)`` without such events.
     """
     votes: Counter[frozenset[str]] = Counter()
     order: dict[frozenset[str], tuple[str, ...]] = {}
     for value in values:
+        if limit is not None and sum(votes.values()) >= limit:
+            break
         if value is None or len(value) > max_bytes:
             continue
         try:

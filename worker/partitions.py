@@ -103,6 +103,11 @@ class Partitions:
         logger.debug("restoring %s: %s", ", ".join(f"{tp.topic}-{tp.partition}" for tp in arrived),
                      "; ".join(f"{tp.partition}: log {b.start}..{b.end}, committed {b.committed}"
                                for tp, b in bounds.items()))
+        done = [f"{tp.topic}-{tp.partition}" for tp, b in bounds.items() if b.committed is not None
+                and b.committed >= b.end]
+        if done:
+            logger.info("group %r has already consumed every event of %s (committed offset = end offset): "
+                        "waiting for new ones", self.settings.kafka.group_id, ", ".join(done))
         snapshots = self.store.latest(arrived, bounds, self.snapshot_lead())
         for tp in arrived:
             self.states.pop(tp, None)
@@ -187,7 +192,10 @@ class Partitions:
         held = self.held.setdefault(tp, [])
         held.extend(messages)
         e = self.settings.events
-        channels, valid = infer_channels([m.value for m in held], e.max_event_bytes)
+        # the first schema_sample valid events among the first SCHEMA_PATIENCE x schema_sample: the
+        # same events decide whatever the polls' sizes, so a restart decides the same
+        considered = held[:SCHEMA_PATIENCE * e.schema_sample]
+        channels, valid = infer_channels([m.value for m in considered], e.max_event_bytes, limit=e.schema_sample)
         if valid < e.schema_sample and len(held) < SCHEMA_PATIENCE * e.schema_sample:
             if len(held) == len(messages):  # the first of them
                 logger.info("%s-%d: holding events until %d valid ones fix the channels (or set AE_EVENTS__CHANNELS)",
@@ -196,8 +204,8 @@ class Partitions:
         del self.held[tp]
         if channels is not None:
             parser.channels = channels
-            logger.info("%s-%d: channels %s, from %d of its first valid events", tp.topic, tp.partition,
-                        ", ".join(channels), valid)
+            logger.info("%s-%d: channels %s, the key set most of its first %d valid events carry", tp.topic,
+                        tp.partition, ", ".join(channels), valid)
         return held  # without a valid event among them, every one is dead-lettered
 
     def state(self, tp: TopicPartition) -> PartitionState:

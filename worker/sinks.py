@@ -12,12 +12,17 @@ from worker.errors import WorkerError
 
 
 class JsonLinesSink:
-    """Writes one JSON object per line; ``path=None`` or ``'-'`` means ``stream`` (stdout)."""
+    """Writes one JSON object per line; ``path=None`` or ``'-'`` means ``stream`` (stdout).
 
-    def __init__(self, path: str | Path | None, stream: IO[str] | None = None) -> None:
+    ``lazy``: the file is made at the first row, so a run without such rows leaves none (an older
+    file of that name is removed, as opening it would have emptied it)."""
+
+    def __init__(self, path: str | Path | None, stream: IO[str] | None = None, lazy: bool = False) -> None:
         self.path = None if path in (None, "-") else Path(path)  # type: ignore[arg-type]
         self.stream = stream
+        self.lazy = lazy
         self._fh: IO[bytes] | None = None
+        self._entered = False
         self.count = 0
 
     @property
@@ -27,15 +32,25 @@ class JsonLinesSink:
         return "stderr" if self.stream is sys.stderr else "stdout"
 
     def __enter__(self) -> JsonLinesSink:
+        self._entered = True
         if self.path is None:
             self._fh = (self.stream or sys.stdout).buffer
-        else:
+        elif self.lazy:
             try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._fh = self.path.open("wb")
+                self.path.unlink(missing_ok=True)
             except OSError as exc:
                 raise WorkerError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
+        else:
+            self._open()
         return self
+
+    def _open(self) -> None:
+        assert self.path is not None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = self.path.open("wb")
+        except OSError as exc:
+            raise WorkerError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
 
     def __exit__(self, *exc: object) -> None:
         if self._fh is not None:
@@ -43,10 +58,14 @@ class JsonLinesSink:
             if self.path is not None:
                 self._fh.close()
         self._fh = None
+        self._entered = False
 
     def write_many(self, rows: list[dict[str, Any]]) -> None:
-        assert self._fh is not None, "use the sink as a context manager"
+        assert self._entered, "use the sink as a context manager"
         if rows:
+            if self._fh is None:
+                self._open()
+            assert self._fh is not None
             self._fh.write(json_lines(rows))
             self.count += len(rows)
 

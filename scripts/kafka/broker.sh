@@ -6,7 +6,7 @@
 #   scripts/kafka/broker.sh start    start the stopped broker on its kept data (or `up` when there is none)
 #   scripts/kafka/broker.sh status
 #   scripts/kafka/broker.sh consume TOPIC [console consumer flags]   Kafka's console consumer on this broker,
-#       e.g. consume anomalies --from-beginning --isolation-level read_committed --property print.key=true
+#       e.g. consume anomalies --from-beginning --isolation-level read_committed --formatter-property print.key=true
 # Settings: AE_KAFKA_PORT (9092; the controller listens on the next port), AE_KAFKA_HOME (.kafka in
 # the project: config, data, log, pid), AE_KAFKA_LIBS (jar cache shared between checkouts).
 set -euo pipefail
