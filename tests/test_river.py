@@ -81,3 +81,18 @@ def test_the_readme_river_example_runs(capsys: pytest.CaptureFixture[str]) -> No
     printed = capsys.readouterr().out
     flagged, total = (int(n) for n in printed.split(" events flagged")[0].split(" of "))
     assert total == 3000 and 0 < flagged < 300
+
+
+def test_the_readme_detector_example_runs(tmp_path, monkeypatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## How the detector decides", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)  # it writes det.ckpt
+    exec(compile(code, "README.md", "exec"), {})  # noqa: S102 (our own README)
+    import re
+
+    flagged, labelled = map(int, re.fullmatch(r"(\d+) flagged, (\d+) of them labelled\n",
+                                              capsys.readouterr().out).groups())
+    assert 0 < labelled <= flagged and (tmp_path / "det.ckpt").exists()
