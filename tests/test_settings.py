@@ -62,3 +62,14 @@ def test_optional_numbers_can_be_unset_by_word(monkeypatch) -> None:
     assert load_settings().detector.adapt_after is None
     assert load_settings(detector={"stats_horizon": "off"}).detector.stats_horizon is None
     assert load_settings(detector={"adapt_after": "500"}).detector.adapt_after == 500
+
+
+def test_the_readme_settings_table_is_the_scripts_output() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    table = subprocess.run([sys.executable, "scripts/settings_table.py"], cwd=root, capture_output=True, text=True,
+                           check=True).stdout.strip()
+    assert table.count("\n") > 60 and table in (root / "README.md").read_text()
