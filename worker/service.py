@@ -107,6 +107,12 @@ class Worker:
         """Wait for the broker (serving /healthz meanwhile), then consume until stopped."""
         k, svc = self.settings.kafka, self.settings.service
         check_codecs()
+        # series that alert rules watch with increase(): present at 0 from the start, so that their
+        # first occurrence counts as an increase (a series that appears at 1 shows none)
+        self.metrics.broker_waits.labels("starting")
+        for topic in k.input_topics:
+            for reason in ("corrupt", "signature", "foreign", "offset"):
+                self.metrics.snapshots_refused.labels(topic, reason)
         if svc.metrics_port:
             self.health = HealthServer(self.metrics, svc.metrics_host, svc.metrics_port,
                                        stale_after=k.max_poll_interval_ms / 1000).start()
