@@ -37,7 +37,8 @@ def replay(args: argparse.Namespace, settings: Settings) -> int:
         print(recording.describe(), file=sys.stderr)
         check_enough_inputs(recording, settings)
         errors_path = args.errors or (f"{args.output}.errors.jsonl" if args.output != "-" else "-")
-        pipeline = Replay(settings.detector, JsonLinesSink(args.output), JsonLinesSink(errors_path, sys.stderr, lazy=True),
+        errors = JsonLinesSink(errors_path, sys.stderr, lazy=True)  # made at the first invalid row
+        pipeline = Replay(settings.detector, JsonLinesSink(args.output), errors,
                           emit_latent=args.emit_latent, progress=sys.stderr.isatty(),
                           initial=load_detector(args.load_checkpoint) if args.load_checkpoint else None)
         summary = pipeline.run(recording)
