@@ -323,3 +323,37 @@ def test_a_replay_without_invalid_rows_leaves_no_errors_file(recording: Path, tm
     stale.write_text('{"index": 1, "invalid": "from an earlier run"}\n')
     assert main(["replay", str(recording), "-o", str(out)]) == 0
     assert out.exists() and not stale.exists()
+
+
+def test_plots_mark_alerts_and_new_normals_on_the_recordings_time_axis(tmp_path: Path) -> None:
+    from datetime import datetime, timezone
+
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from worker import plotting
+
+    times = np.array(["2026-01-01T00:00:00Z", "2026-01-01T00:01:00Z", "2026-01-01 00:02:00"], dtype=object)
+    parsed = plotting.time_axis(times, 3)
+    assert parsed is not None and parsed[0] == datetime(2026, 1, 1, tzinfo=timezone.utc)
+    assert plotting.time_axis(np.array(["12", "x", "y"], dtype=object), 3) is None  # row numbers then
+    assert plotting.time_axis(None, 3) is None
+    drawn = {}
+    real_savefig = plt.Figure.savefig
+
+    def keep(fig, path, **kw):  # type: ignore[no-untyped-def]
+        ax = fig.axes[0]
+        drawn.update(xlabel=ax.get_xlabel(), ylabel=ax.get_ylabel(),
+                     legend=[t.get_text() for t in ax.get_legend().get_texts()])
+        real_savefig(fig, path, **kw)
+
+    score = np.array([1.0, 9.0, 2.0])
+    try:
+        plt.Figure.savefig = keep  # type: ignore[method-assign]
+        plotting.plot_replay(tmp_path / "p.png", np.arange(3), score, np.full(3, 5.0), score > 5, None, "t",
+                             alerts=score > 5, regime_changes=np.array([False, False, True]), times=times)
+    finally:
+        plt.Figure.savefig = real_savefig  # type: ignore[method-assign]
+    assert drawn == {"xlabel": "time", "ylabel": "score",
+                     "legend": ["score", "threshold", "flagged", "alert", "new normal accepted"]}
+    assert (tmp_path / "p.png").stat().st_size > 1000

@@ -77,7 +77,8 @@ def evaluate(args: argparse.Namespace, settings: Settings) -> int:
     metrics.update(rows=summary.rows, invalid=summary.invalid, judged_from=settings.detector.warmup)
     if args.plot:
         plot_replay(args.plot, t["index"], t["score"], t["threshold"], t["flags"].astype(bool), t["labels"],
-                    title=Path(args.input).name)
+                    title=recording.name, alerts=t["alerts"].astype(bool),
+                    regime_changes=t["regime_change"].astype(bool), times=t["times"] if len(t["times"]) else None)
     if args.json:
         print(orjson.dumps(metrics, option=orjson.OPT_SERIALIZE_NUMPY).decode())
         return 0

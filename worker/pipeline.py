@@ -28,8 +28,10 @@ class Trace:
     threshold: list[np.ndarray] = field(default_factory=list)
     flags: list[np.ndarray] = field(default_factory=list)
     alerts: list[np.ndarray] = field(default_factory=list)
+    regime_change: list[np.ndarray] = field(default_factory=list)
     episode: list[np.ndarray] = field(default_factory=list)
     labels: list[np.ndarray] = field(default_factory=list)
+    times: list[np.ndarray] = field(default_factory=list)  # the time column's text, when there is one
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {name: np.concatenate(parts) if parts else np.empty(0) for name, parts in vars(self).items()}
@@ -94,9 +96,12 @@ class Replay:
             self.trace.threshold.append(res.threshold)
             self.trace.flags.append(res.is_anomaly)
             self.trace.alerts.append(res.alert)
+            self.trace.regime_change.append(res.regime_change)
             self.trace.episode.append(res.episode)
             if batch.labels is not None:
                 self.trace.labels.append(batch.labels)
+            if batch.times is not None:
+                self.trace.times.append(np.asarray(batch.times, dtype=object))
 
 
 def _progress_bar(enabled: bool):  # type: ignore[no-untyped-def]
