@@ -29,10 +29,12 @@ def configure_logging(level: str, as_json: bool) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # kafka-python's own lines: its connection errors repeat many times a second while a broker is
-    # away (the worker says so itself, once per retry), and it warns that a batch's work "blocks the
-    # event loop" (it does, by design: a batch is scored between polls). Errors only, unless DEBUG
-    # is asked for, which shows its warnings too (never its own debug chatter).
+    # kafka-python's own lines: its connection and metadata-refresh errors repeat many times a
+    # second while a broker is away (the worker says so itself, once per retry), and it warns
+    # that a batch's work "blocks the event loop" (it does, by design: a batch is scored between
+    # polls). Errors only, and none of those, unless DEBUG is asked for, which shows its warnings
+    # too (never its own debug chatter).
     debug = logging.getLevelName(level) <= logging.DEBUG
     logging.getLogger("kafka").setLevel(logging.WARNING if debug else logging.ERROR)
-    logging.getLogger("kafka.net").setLevel(logging.WARNING if debug else logging.CRITICAL)
+    for chatty in ("kafka.net", "kafka.cluster"):  # connection and metadata-refresh errors
+        logging.getLogger(chatty).setLevel(logging.WARNING if debug else logging.CRITICAL)
