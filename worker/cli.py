@@ -125,8 +125,7 @@ def add_kafka_flags(parser: argparse.ArgumentParser, run: bool, create: bool = T
 
 
 # (section, setting) -> the flag's dest, where it differs from the setting's name
-FLAG_OF_SETTING = {**{setting: dest for dest, setting in KAFKA_FLAGS.items()},
-                   **{("input", name): name for name in INPUT_FLAGS}}
+FLAG_OF_SETTING = {setting: dest for dest, setting in KAFKA_FLAGS.items()}
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -142,13 +141,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     try:
         return load_settings(**overrides)
     except SettingsError as exc:  # a flag's bad value is told by the flag's name
-        section_name = exc.location[:2]
-        given = ({(section, name) for section, values in overrides.items() if isinstance(values, dict)
-                  for name in values} if len(section_name) == 2 else set())
-        if section_name in given:
-            section, name = section_name
-            dest = FLAG_OF_SETTING.get((section, name), name)
-            flag = "--" + dest.replace("_", "-")
+        if len(exc.location) >= 2 and exc.location[1] in overrides.get(exc.location[0], {}):
+            flag = "--" + FLAG_OF_SETTING.get(exc.location[:2], exc.location[1]).replace("_", "-")
             raise SettingsError(f"invalid value for {flag}: {exc.problem}", exc.location, exc.problem) from exc
         raise
 

@@ -22,7 +22,7 @@ from worker.simulate import simulate as make_recording
 from worker.simulate import stress as stress_stream
 from worker.simulate import write_recording
 from worker.sinks import JsonLinesSink, NullSink
-from worker.sources import LABEL_NAMES, TIME_NAMES, Recording
+from worker.sources import CSV_SEPARATORS, LABEL_NAMES, TIME_NAMES, Recording
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def check_enough_inputs(recording: Recording, settings: Settings) -> None:
     if len(recording.channels) > 1 or (settings.detector.window or 1) > 1:
         return
     o = recording.options
-    others = [other for other in (",", ";", "\t", "|") if other != o.sep and other in recording.channels[0]]
+    others = [other for other in CSV_SEPARATORS if other != o.sep and other in recording.channels[0]]
     if others and not recording.is_jsonl:
         raise InputFormatError(f"{recording.name}: the header splits into one reading column on {o.sep!r} but holds "
                                f"{others[0]!r}: is the separator right? --sep {others[0]!r}")

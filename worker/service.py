@@ -232,7 +232,7 @@ class Worker:
         return result
 
     def _starting(self, what: str, exc: BaseException) -> None:
-        """Waiting for the broker at start-up (wait_for_broker logs each attempt): alive, not ready."""
+        """Waiting for the broker (at start-up wait_for_broker logs each attempt): counted, alive, not ready."""
         self.metrics.broker_waits.labels(what).inc()
         if self.health:
             self.health.beat()
@@ -243,10 +243,7 @@ class Worker:
             logger.warning("%s failed (%r): waiting for the broker, not ready meanwhile", what, exc)
         self._waiting_for = what
         self._idle_since = time.monotonic()  # waiting for the broker is not idleness either
-        self.metrics.broker_waits.labels(what).inc()
-        if self.health:
-            self.health.beat()  # alive, only waiting
-            self.health.ready = False
+        self._starting(what, exc)
 
     # -- one mini-batch -----------------------------------------------------------------------------
     def process(self, records: dict[TopicPartition, list[Any]]) -> None:

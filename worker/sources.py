@@ -237,7 +237,7 @@ class Recording:
                 yield from self._jsonl_rows(fh)
                 return
             rows = _csv_rows(fh, self.options.sep)
-            header = [h.strip() for h in next(rows)[0] or []]
+            header = _header(rows)
             for index, (row, raw, problem) in enumerate(rows):
                 yield self._csv_record(index, row, raw, problem, header)
 
@@ -278,7 +278,7 @@ class Recording:
             header_line = fh.readline(MAX_FIELD_CHARS)
             if '"' in header_line:
                 rows = _csv_rows(itertools.chain([header_line], fh), sep)
-                header = [h.strip() for h in next(rows)[0] or []]
+                header = _header(rows)
                 yield from self._csv_reader_batches(rows, header)
                 return
             header = [h.strip() for h in next(csv.reader([header_line], delimiter=sep))]
@@ -453,6 +453,11 @@ def _csv_rows(lines: Iterable[str], sep: str, line: int = 1) -> Iterator[tuple[l
             yield None, first_line[:4096], f"unreadable CSV row at line {starts_at}: {why} (read on from the next line)"
             continue
         yield row, sep.join(row), None
+
+
+def _header(rows: Iterator[tuple[list[str] | None, str, str | None]]) -> list[str]:
+    """The column names: the first row of :func:`_csv_rows`, stripped."""
+    return [h.strip() for h in next(rows)[0] or []]
 
 
 def _spool_stdin(owner: object) -> Path:
