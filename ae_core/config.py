@@ -54,8 +54,9 @@ class DetectorConfig:
     warmup: int = 400
     smoothing: float = 0.3
     score_aggregate: Literal["mean", "max"] = "mean"
-    threshold_rule: Literal["sigma", "quantile"] = "sigma"
+    threshold_rule: Literal["sigma", "quantile", "spot"] = "sigma"
     threshold_k: float = 4.0
+    threshold_risk: float = 1e-3
     threshold_quantile: float = 0.99
     threshold_margin: float = 1.5
     threshold_window: int = 4096
@@ -97,8 +98,11 @@ class DetectorConfig:
             raise ConfigError("clip", f"must be > 0, got {self.clip}")
         if self.score_aggregate not in ("mean", "max"):
             raise ConfigError("score_aggregate", f"must be 'mean' or 'max', got {self.score_aggregate!r}")
-        if self.threshold_rule not in ("sigma", "quantile"):
-            raise ConfigError("threshold_rule", f"must be 'sigma' or 'quantile', got {self.threshold_rule!r}")
+        if self.threshold_rule not in ("sigma", "quantile", "spot"):
+            raise ConfigError("threshold_rule",
+                              f"must be 'sigma', 'quantile' or 'spot', got {self.threshold_rule!r}")
+        if not 0 < self.threshold_risk < 1:
+            raise ConfigError("threshold_risk", f"must be in (0, 1), got {self.threshold_risk}")
         if not 0 < self.threshold_quantile < 1:
             raise ConfigError("threshold_quantile", f"must be in (0, 1), got {self.threshold_quantile}")
         if not self.threshold_margin > 0:

@@ -23,7 +23,7 @@ from ae_core.network import Autoencoder, activate
 from ae_core.scaling import OnlineScaler
 from ae_core.scoring import QUIET_SCORE, ResidualScorer
 from ae_core.single_event import SingleEventForward
-from ae_core.threshold import AdaptiveThreshold, QuantileThreshold
+from ae_core.threshold import AdaptiveThreshold, QuantileThreshold, SpotThreshold
 from ae_core.windowing import SlidingWindow
 
 # torch.optim imports torch._dynamo at the first optimisation step: seconds, and ~140,000 Python
@@ -162,12 +162,15 @@ class AutoencoderDetector(AnomalyDetector):
         self.scaler = OnlineScaler(c.n_features, c.resolved_scaling, c.clip, c.stats_horizon)
         self.scorer = ResidualScorer(c.n_features, c.smoothing, c.clip, c.stats_horizon, c.score_aggregate)
         self.episodes = EpisodeTracker(c.episode_quiet, c.adapt_after)
-        self.threshold: AdaptiveThreshold | QuantileThreshold
+        self.threshold: AdaptiveThreshold | QuantileThreshold | SpotThreshold
+        sigma = AdaptiveThreshold(c.threshold_k, max(1, c.threshold_window // c.batch_size))
         if c.threshold_rule == "quantile":
             self.threshold = QuantileThreshold(c.threshold_quantile, c.threshold_margin, c.threshold_window,
                                                c.batch_size)
+        elif c.threshold_rule == "spot":
+            self.threshold = SpotThreshold(c.threshold_risk, c.threshold_window, fallback=sigma)
         else:
-            self.threshold = AdaptiveThreshold(c.threshold_k, max(1, c.threshold_window // c.batch_size))
+            self.threshold = sigma
         self.windows = SlidingWindow(c.window, c.n_channels)
         self.keys = KeyTracker(c.key_ttl, c.max_keys)
         self.memory = np.zeros((c.memory_size, c.n_features))
@@ -273,9 +276,7 @@ class AutoencoderDetector(AnomalyDetector):
         self.events_seen += len(X)
         if keys is not None:
             self.keys.seen(keys.tolist(), first)
-        limit = self.threshold.get()
-        if limit is not None:
-            limit = max(limit, QUIET_SCORE)
+        limit = self._limit()
         live = np.arange(first, self.events_seen) >= c.warmup
         score = np.where(live, self.scorer.aggregate(deviations), np.nan)
         threshold = np.where(live, np.nan if limit is None else limit, np.nan)
@@ -313,8 +314,13 @@ class AutoencoderDetector(AnomalyDetector):
             # those events beside the remembered ones catch it up without forgetting the old.
             self._fit(np.concatenate([adapting, self._remembered()]), self.config.adapt_steps)
         self.scorer.learn_many(self.pending_residual[normal], self.pending_smoothed[normal])
-        live = normal & ~np.isnan(self.pending_score)
-        self.threshold.update_many(self.pending_score[live])
+        judged = ~np.isnan(self.pending_score)
+        limit = self._limit()
+        if self.threshold.censored and limit is not None:
+            # every pending event was judged against the same limit (it changes only here)
+            self.threshold.update_many(np.minimum(self.pending_score[judged], limit))
+        else:
+            self.threshold.update_many(self.pending_score[judged & normal])
         self.pending_x = self.pending_x[:0]
         self.pending_residual = self.pending_residual[:0]
         self.pending_smoothed = self.pending_smoothed[:0]
@@ -322,6 +328,11 @@ class AutoencoderDetector(AnomalyDetector):
         self.pending_flag = self.pending_flag[:0]
         self.pending_learn = self.pending_learn[:0]
         self._forget_idle_keys()
+
+    def _limit(self) -> float | None:
+        """The threshold in force: the rule's value, never below ``QUIET_SCORE``."""
+        limit = self.threshold.get()
+        return None if limit is None else max(limit, QUIET_SCORE)
 
     def _forget_idle_keys(self) -> None:
         """Per-key state of keys not seen for ``key_ttl`` events, or beyond ``max_keys``, is

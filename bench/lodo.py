@@ -2,6 +2,9 @@
 
     python bench/lodo.py [--jobs 2] [--out lodo-runs] [--grid '{"threshold_k": [3, 4]}']
 
+A grid is an object of setting -> values (every combination is a point) or a list of such objects
+(the points of each): the threshold rules have different settings.
+
 Runs ``bench/quality.py`` once per point of a small grid of decision settings (each data set with
 the same settings), then for each of SKAB, ASD and NAB picks the point that is best on the *other
 two* and reports how that point does on the one left out (held-out), beside the best any point
@@ -29,11 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.summarise import summary  # noqa: E402
 
-GRID = {
-    "threshold_k": [3.5, 4.0, 4.5, 5.0],
-    "smoothing": [0.1, 0.3],
-    "adapt_after": [300, 1000],
-}
+GRID = [
+    {"threshold_rule": ["sigma"], "threshold_k": [3.5, 4.0, 4.5, 5.0], "smoothing": [0.1, 0.3],
+     "adapt_after": [300, 1000]},
+    {"threshold_rule": ["spot"], "threshold_risk": [1e-3, 3e-4, 1e-4, 3e-5], "smoothing": [0.1, 0.3],
+     "adapt_after": [300, 1000]},
+]
 DATASETS = ("skab", "asd", "nab")
 
 
@@ -57,16 +61,17 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--out", default="lodo-runs", help="folder caching one quality report per grid point")
-    parser.add_argument("--grid", default=None, help="JSON object of setting -> list of values")
+    parser.add_argument("--grid", default=None, help="JSON object of setting -> list of values, or a list of them")
     args = parser.parse_args()
-    grid = json.loads(args.grid) if args.grid else GRID
-    points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+    grids = json.loads(args.grid) if args.grid else GRID
+    grids = [grids] if isinstance(grids, dict) else grids
+    points = [dict(zip(grid, values)) for grid in grids for values in itertools.product(*grid.values())]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(args.jobs) as pool:
         summaries = list(pool.map(lambda p: run_point(p, out), points))
     scores = [objective(s) for s in summaries]
-    print(f"{len(points)} grid points over {', '.join(grid)}")
+    print(f"{len(points)} grid points over {', '.join(dict.fromkeys(k for grid in grids for k in grid))}")
     for left_out in DATASETS:
         tuned = [d for d in DATASETS if d != left_out]
         chosen = max(range(len(points)), key=lambda i: sum(scores[i][d] for d in tuned))

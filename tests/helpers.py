@@ -13,6 +13,9 @@ CONFIGS = {
     "window": dict(n_channels=2, window=4),
     "no-smoothing-small-batch": dict(n_channels=5, smoothing=1.0, batch_size=8, memory_size=0),
     "quantile-threshold": dict(n_channels=5, threshold_rule="quantile", batch_size=32),
+    # a short window: the tail is fitted (more than MIN_SCORES normal scores) within the tests' streams
+    "spot-threshold": dict(n_channels=5, threshold_rule="spot", threshold_risk=1e-2, batch_size=32,
+                           threshold_window=256),
     "max-aggregate": dict(n_channels=5, score_aggregate="max"),
     # a low bar: many short episodes, some accepted as a new normal, all through the contract
     "busy-episodes": dict(n_channels=5, threshold_k=0.5, episode_quiet=3, adapt_after=20, batch_size=32),

@@ -282,13 +282,13 @@ def test_every_flag_has_help_and_enumerated_settings_are_choices(capsys) -> None
             assert action.help, f"{name} {action.option_strings or action.dest} has no help"
     assert "--create-topics" not in commands["record"].format_help()  # record creates nothing
     text = commands["run"].format_help()
-    assert "--threshold-rule {sigma,quantile}" in text and "--score-aggregate {mean,max}" in text
+    assert "--threshold-rule {sigma,quantile,spot}" in text and "--score-aggregate {mean,max}" in text
     assert "(default: 4.0)" in text and "(default: 127.0.0.1:9092)" in text and "(default: 32,16)" in text
     assert "(default: 20000)" in commands["simulate"].format_help()
     with pytest.raises(SystemExit) as exc:
         main(["replay", "x.csv", "--threshold-rule", "foo"])
     assert exc.value.code == 2
-    assert "invalid choice: 'foo' (choose from 'sigma', 'quantile')" in capsys.readouterr().err
+    assert "invalid choice: 'foo' (choose from 'sigma', 'quantile', 'spot')" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("name", "suggested"), [

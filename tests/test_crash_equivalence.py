@@ -8,6 +8,7 @@ decides on the same events without interruption.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -224,6 +225,14 @@ def test_a_broker_outage_of_20_seconds_is_ridden_out_with_the_same_output(
     bootstrap = f"127.0.0.1:{port}"
     broker("up")
     worker_thread = None
+    # what the group coordinator client did, shown if the worker never gets its partition
+    coordinator_log = tmp_path / "coordinator.log"
+    handler = logging.FileHandler(coordinator_log)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(threadName)s %(name)s %(levelname)s %(message)s"))
+    coordinator_logger = logging.getLogger("kafka.coordinator")
+    coordinator_logger.addHandler(handler)
+    level = coordinator_logger.level
+    coordinator_logger.setLevel(logging.DEBUG)
     try:
         create_input(bootstrap, f"{topic_prefix}-in", 1)
         X = stream(1, 6000, seed=23)
@@ -244,6 +253,7 @@ def test_a_broker_outage_of_20_seconds_is_ridden_out_with_the_same_output(
         deadline = time.monotonic() + 60
         while total_committed(bootstrap, group, topic, 1) < stop_at and time.monotonic() < deadline:
             time.sleep(0.05)
+        assert total_committed(bootstrap, group, topic, 1) >= stop_at, coordinator_log.read_text()[-6000:]
         broker("stop")
         stopped = time.monotonic()
         answers: list[int] = []
@@ -272,6 +282,9 @@ def test_a_broker_outage_of_20_seconds_is_ridden_out_with_the_same_output(
             worker.stop.set()
             worker_thread.join(timeout=60)
         subprocess.run([script, "down"], env=env, capture_output=True, timeout=120)
+        coordinator_logger.removeHandler(handler)
+        coordinator_logger.setLevel(level)
+        handler.close()
 
 
 def test_a_malformed_first_event_does_not_decide_the_channels(kafka: str, topic_prefix: str) -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from river import stats
+from scipy import stats as scipy_stats
 
 from ae_core.scaling import OnlineScaler
 from ae_core.threshold import AdaptiveThreshold
@@ -118,3 +121,49 @@ def test_horizon_lets_the_centre_follow_a_new_normal() -> None:
                 scaler.learn_many(rng.normal(level, 1.0, size=(250, 1)))
     assert forgetting.mean[0] > 9.5 and forgetting.std[0] < 1.5
     assert 4.0 < keeping.mean[0] < 6.0
+
+
+@pytest.mark.parametrize(("name", "dist"), [("exponential", scipy_stats.expon()),
+                                             ("chi-square", scipy_stats.chi2(8, scale=1 / 8)),
+                                             ("log-normal", scipy_stats.lognorm(0.8))])
+def test_spot_extrapolates_a_tail_beyond_the_scores_seen(name: str, dist: scipy_stats.rv_continuous) -> None:
+    # 4,096 scores hold about 4 above the 1e-3 quantile and none above the 1e-4 one: the fitted
+    # tail, not the empirical quantile, must put the level there. Median of 40 seeded samples.
+    from ae_core.threshold import spot_level
+
+    rng = np.random.default_rng(5)
+    for risk, tolerance in ((1e-2, 0.02), (1e-3, 0.06), (1e-4, 0.10)):
+        levels = [spot_level(dist.rvs(4096, random_state=rng), risk) for _ in range(40)]
+        assert np.median(levels) == pytest.approx(dist.isf(risk), rel=tolerance), (name, risk)
+
+
+def test_spot_fits_generalised_pareto_samples() -> None:
+    from ae_core.threshold import gpd_pwm
+
+    rng = np.random.default_rng(6)
+    for shape in (-0.2, 0.0, 0.2):
+        fitted_shape, scale = gpd_pwm(scipy_stats.genpareto.rvs(shape, scale=2.0, size=20_000, random_state=rng))
+        assert fitted_shape == pytest.approx(shape, abs=0.03) and scale == pytest.approx(2.0, rel=0.05)
+
+
+def test_spot_uses_the_sigma_rule_until_it_has_enough_scores_and_restores_exactly() -> None:
+    from ae_core.threshold import MIN_SCORES, AdaptiveThreshold, SpotThreshold
+
+    def spot() -> SpotThreshold:
+        return SpotThreshold(risk=1e-3, window=1000, fallback=AdaptiveThreshold(k=4.0, window_batches=4))
+
+    th, sigma = spot(), AdaptiveThreshold(k=4.0, window_batches=4)
+    scores = np.random.default_rng(7).exponential(size=1200)
+    th.update_many(scores[:MIN_SCORES - 1])
+    sigma.update_many(scores[:MIN_SCORES - 1])
+    assert th.get() == sigma.get()  # too few normal scores for a tail: the sigma rule decides
+    for start in range(MIN_SCORES - 1, len(scores), 250):
+        th.update_many(scores[start:start + 250])
+    level = th.get()
+    assert level is not None and level != th.fallback.get()
+    assert level == pytest.approx(np.log(1000), rel=0.2)  # exponential: P(score > ln 1000) = 1e-3
+    restored = spot()
+    restored.load_state(json.loads(json.dumps(th.state())))  # as a checkpoint holds it
+    assert restored.get() == level and restored.n == 1000  # the window keeps the last 1,000
+    th.reset()
+    assert th.get() is None

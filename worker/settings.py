@@ -76,8 +76,11 @@ class DetectorSettings(BaseModel):
     score_aggregate: Literal["mean", "max"] = Field(
         "mean", description="score from the squared standardised residuals: mean (spread faults) or max "
         "(a fault in one sensor among many)")
-    threshold_rule: Literal["sigma", "quantile"] = Field(
-        "sigma", description="sigma: (mean + k*std)^3 of cube roots; quantile: margin * rolling quantile")
+    threshold_rule: Literal["sigma", "quantile", "spot"] = Field(
+        "sigma", description="sigma: (mean + k*std)^3 of cube roots; quantile: margin * rolling quantile; "
+        "spot: the score normal events exceed with probability threshold_risk (a fitted extreme-value tail)")
+    threshold_risk: float = Field(1e-3, gt=0, lt=1, description="rule spot: the share of normal events expected "
+                                  "above the threshold (1e-3: about 10 flagged normal events per 10,000)")
     threshold_quantile: float = Field(0.99, gt=0, lt=1, description="quantile of normal scores (rule quantile)")
     threshold_margin: float = Field(1.5, gt=0, description="multiplier of that quantile (rule quantile)")
     threshold_k: float = Field(4.0, gt=0, description="threshold = (mean + k*std)^3 of cube-rooted normal scores")
