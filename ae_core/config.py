@@ -62,6 +62,7 @@ class DetectorConfig:
     threshold_window: int = 4096
     episode_quiet: int = 20
     adapt_after: int | None = 300
+    accept_plateau: int | None = None
     adapt_steps: int = 8
     top_k: int = 3
     seed: int = 0
@@ -91,6 +92,8 @@ class DetectorConfig:
             _positive("max_keys", self.max_keys)
         if self.adapt_after is not None:
             _positive("adapt_after", self.adapt_after)
+        if self.accept_plateau is not None:
+            _at_least("accept_plateau", self.accept_plateau, 2)
         _at_least("adapt_steps", self.adapt_steps, 0)
         if self.stats_horizon is not None and self.stats_horizon < self.batch_size:
             raise ConfigError("stats_horizon", "must hold at least one batch_size of events")

@@ -161,7 +161,7 @@ class AutoencoderDetector(AnomalyDetector):
         self.optimizer = torch.optim.Adam(self._params, lr=c.learning_rate, fused=True)
         self.scaler = OnlineScaler(c.n_features, c.resolved_scaling, c.clip, c.stats_horizon)
         self.scorer = ResidualScorer(c.n_features, c.smoothing, c.clip, c.stats_horizon, c.score_aggregate)
-        self.episodes = EpisodeTracker(c.episode_quiet, c.adapt_after)
+        self.episodes = EpisodeTracker(c.episode_quiet, c.adapt_after, c.accept_plateau)
         self.threshold: AdaptiveThreshold | QuantileThreshold | SpotThreshold
         sigma = AdaptiveThreshold(c.threshold_k, max(1, c.threshold_window // c.batch_size))
         if c.threshold_rule == "quantile":

@@ -12,15 +12,26 @@ episode closes; an accepted episode closes only after ``max(quiet, adapt_after)`
 the last flags while the model catches up (aftershocks of the same change) page nobody again.
 A fault longer than ``adapt_after`` is therefore reported (one alert) and then learned, and so is
 anything else on that key until it has settled; ``adapt_after=None`` never accepts.
+
+With ``plateau`` P, an episode is accepted earlier, as soon as its key's score has *stopped
+changing*: its last P events all flagged and the mean log score of their second half within
+``PLATEAU_CHANGE`` of their first half's (a level the key now sits at, e.g. a server settling at a
+new load after an incident). A fault whose score keeps moving (a drift that grows, flags that
+come and go) is still reported until ``adapt_after``.
 """
 
 from __future__ import annotations
 
+import math
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
 
 NONE = -1
+# Largest change of the mean log score between the two halves of the last ``plateau`` events
+# that still counts as a plateau (0.1: the score moved by less than about 10%).
+PLATEAU_CHANGE = 0.1
 
 
 @dataclass
@@ -58,14 +69,16 @@ class _Open:
     flagged: int = 0
     peak_score: float = 0.0
     accepted: bool = False
+    recent: deque[float] = field(default_factory=deque)  # log scores of the last plateau events, if flagged
 
 
 class EpisodeTracker:
     """Opens, extends and closes the episodes of each key, event by event."""
 
-    def __init__(self, quiet: int, adapt_after: int | None) -> None:
+    def __init__(self, quiet: int, adapt_after: int | None, plateau: int | None = None) -> None:
         self.quiet = quiet
         self.adapt_after = adapt_after
+        self.plateau = plateau
         # An accepted episode stays open (learning) until the key has been quiet this long: the
         # network is still catching up with the new normal, and its last flags are aftershocks
         # of the same change, not new faults to page anyone about.
@@ -94,7 +107,12 @@ class EpisodeTracker:
                 ep.flagged += 1
                 ep.last_flag_age = ep.age
                 ep.peak_score = max(ep.peak_score, float(scores[i]))
+                if self.plateau is not None and not ep.accepted:
+                    ep.recent.append(math.log(max(float(scores[i]), 1e-300)))
+                    if len(ep.recent) > self.plateau:
+                        ep.recent.popleft()
             else:
+                ep.recent.clear()  # a plateau is flagged throughout
                 ep.quiet += 1
                 if ep.quiet >= (self.settle if ep.accepted else self.quiet):
                     out.closed[i] = ep.episode
@@ -103,11 +121,22 @@ class EpisodeTracker:
                     del self.open[key]
                     continue
             out.episode[i] = ep.episode
-            if not ep.accepted and self.adapt_after is not None and ep.age >= self.adapt_after:
+            if not ep.accepted and ((self.adapt_after is not None and ep.age >= self.adapt_after)
+                                    or self._on_plateau(ep)):
                 ep.accepted = True
+                ep.recent.clear()
                 out.accepted[i] = True
             out.adapting[i] = ep.accepted
         return out
+
+    def _on_plateau(self, ep: _Open) -> bool:
+        if self.plateau is None or len(ep.recent) < self.plateau:
+            return False
+        half = self.plateau // 2
+        values = list(ep.recent)
+        first = sum(values[:half]) / half
+        second = sum(values[-half:]) / half
+        return abs(second - first) <= PLATEAU_CHANGE
 
     def forget(self, key: str) -> None:
         """Drop a key's open episode, unclosed (the key was evicted: no event of it will close it)."""
@@ -115,12 +144,14 @@ class EpisodeTracker:
 
     def state(self) -> dict[str, object]:
         return {"next_id": self.next_id,
-                "open": {k: [e.episode, e.age, e.quiet, e.last_flag_age, e.flagged, e.peak_score, int(e.accepted)]
+                "open": {k: [e.episode, e.age, e.quiet, e.last_flag_age, e.flagged, e.peak_score, int(e.accepted),
+                             list(e.recent)]
                          for k, e in self.open.items()}}
 
     def load_state(self, state: dict[str, object]) -> None:
         self.next_id = int(state["next_id"])  # type: ignore[call-overload]
         self.open = {}
-        for key, (episode, age, quiet, last, flagged, peak, accepted) in state["open"].items():  # type: ignore[attr-defined]
+        for key, (episode, age, quiet, last, flagged, peak, accepted, *recent) in state["open"].items():  # type: ignore[attr-defined]
+            # (checkpoints before plateaus were tracked hold seven fields: no recent scores)
             self.open[str(key)] = _Open(int(episode), int(age), int(quiet), int(last), int(flagged), float(peak),
-                                        bool(accepted))
+                                        bool(accepted), deque(float(v) for v in (recent[0] if recent else [])))

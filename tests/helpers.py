@@ -19,6 +19,9 @@ CONFIGS = {
     "max-aggregate": dict(n_channels=5, score_aggregate="max"),
     # a low bar: many short episodes, some accepted as a new normal, all through the contract
     "busy-episodes": dict(n_channels=5, threshold_k=0.5, episode_quiet=3, adapt_after=20, batch_size=32),
+    # episodes accepted on plateaus: their recent scores are part of every snapshot
+    "plateau-episodes": dict(n_channels=5, threshold_k=0.5, episode_quiet=3, adapt_after=60, accept_plateau=6,
+                             batch_size=32),
 }
 
 

@@ -89,6 +89,22 @@ def test_a_shift_that_stays_is_accepted_within_the_horizon() -> None:
     assert closed and closed[0].episode == res.episode[accepted[0]]
 
 
+def test_a_plateau_is_accepted_early_while_a_fault_that_keeps_moving_is_still_reported() -> None:
+    _, _, slow = run("step", adapt_after=300)
+    det, _, early = run("step", adapt_after=300, accept_plateau=60)
+    accepted = np.flatnonzero(early.regime_change)
+    assert accepted.tolist() and accepted[0] - MIDDLE < 150 <= np.flatnonzero(slow.regime_change)[0] - MIDDLE
+    assert early.alert[MIDDLE:].sum() == 1  # still paged, once
+    assert early.is_anomaly[MIDDLE:].sum() < 0.6 * slow.is_anomaly[MIDDLE:].sum()  # a shorter tail
+    # a fault whose score keeps growing (a ramp over 600 events) is no plateau: reported to adapt_after
+    X = np.random.default_rng(1).normal(size=(EVENTS, 4))
+    X[MIDDLE:MIDDLE + 600, :2] += np.linspace(0.0, 30.0, 600)[:, None]
+    ramp = AutoencoderDetector(DetectorConfig(n_channels=4, accept_plateau=60)).process_many(X)
+    first = int(np.flatnonzero(ramp.alert[MIDDLE:])[0])
+    assert np.flatnonzero(ramp.regime_change)[0] - MIDDLE - first >= 300 - 1
+    assert ramp.is_anomaly[MIDDLE + first:MIDDLE + first + 300].all()
+
+
 def test_without_adaptation_a_long_fault_stays_flagged() -> None:
     _, _, res = run("step", adapt_after=None)
     assert not res.regime_change.any()
