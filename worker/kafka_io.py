@@ -114,6 +114,37 @@ def make_consumer(k: KafkaSettings, **overrides: Any) -> KafkaConsumer:
     return KafkaConsumer(**config)
 
 
+def subscribe(consumer: KafkaConsumer, topics: list[str], listener: Any) -> None:
+    """Subscribe once the consumer's metadata holds the topics' partitions. Joining without them
+    (a topic created just before) assigns nothing, and the second join that follows is the one
+    kafka-python can orphan (see :func:`rejoin_if_orphaned`)."""
+    for topic in topics:
+        consumer.partitions_for_topic(topic)
+    consumer.subscribe(topics, listener=listener)
+
+
+def rejoin_if_orphaned(consumer: KafkaConsumer) -> bool:
+    """Mend a group join that kafka-python (3.0.12) completed but never applied; call between polls.
+
+    A join that a metadata change started (the leader's assignment no longer matches the topics'
+    partitions) stops being needed the moment the leader assigns anew, while it is still in
+    flight. When a short poll times out before it completes, the next poll sees no join needed
+    and never collects the finished one: its assignment is never applied and the consumer sits in
+    the group with no partitions and no heartbeat for good (seen in CI: a worker idle for minutes,
+    through a broker restart; reproduced by polls of 1 ms right after a topic's creation, 20 of
+    20 times). Outside a poll, a finished join left behind is such an orphan (a join collected or
+    failed is cleared at once): asking for a rejoin lets the next poll join again. True if it did.
+    Only private attributes show that state; without them (another kafka-python) nothing is done.
+    """
+    coordinator = getattr(consumer, "_coordinator", None)
+    task = getattr(coordinator, "_join_task", None)
+    if task is None or not getattr(task, "is_done", False) or coordinator.need_rejoin():
+        return False
+    logger.warning("the consumer's last group join was never applied (a kafka-python race): joining again")
+    coordinator.request_rejoin()
+    return True
+
+
 def make_producer(k: KafkaSettings, **overrides: Any) -> KafkaProducer:
     # acks=all and idempotence: a flushed anomaly is durable before its input offset is committed.
     # Sends are retried through an outage for delivery_timeout_ms (kafka-python's default, 120 s).

@@ -55,6 +55,8 @@ class Metrics:
         self.assigned = Gauge("ae_assigned_partitions", "Partitions currently assigned", registry=r)
         self.broker_waits = Counter("ae_broker_waits", "Retries of a broker call that failed with a retriable "
                                     "error (an outage being ridden out)", ["operation"], registry=r)
+        self.orphaned_joins = Counter("ae_orphaned_joins", "Group joins the Kafka client completed but never "
+                                      "applied, joined again (see kafka_io.rejoin_if_orphaned)", registry=r)
         self.failed_batches = Counter("ae_failed_batches", "Batches aborted (or unsent) and processed again from "
                                       "the last committed state", registry=r)
 

@@ -26,7 +26,14 @@ from kafka.structs import OffsetAndMetadata
 from worker.delivery import BatchFailed, PublishError, make_delivery, patiently, retriable
 from worker.errors import WorkerError
 from worker.events import EventError
-from worker.kafka_io import check_codecs, ensure_topics, make_consumer, wait_for_broker
+from worker.kafka_io import (
+    check_codecs,
+    ensure_topics,
+    make_consumer,
+    rejoin_if_orphaned,
+    subscribe,
+    wait_for_broker,
+)
 from worker.observability import HealthServer, Metrics
 from worker.outputs import anomaly_record, dead_letter
 from worker.partition_state import SNAPSHOT_MAX_BYTES, PartitionState
@@ -125,7 +132,7 @@ class Worker:
             self._consumer = self.partitions.consumer = make_consumer(k)
             self.delivery = make_delivery(k, self._consumer, self._retry, self._waiting,
                                           max_request_size=SNAPSHOT_MAX_BYTES)
-            self._consumer.subscribe(list(k.input_topics), listener=_Rebalance(self))
+            subscribe(self._consumer, list(k.input_topics), _Rebalance(self))
             logger.info("consuming %s as group %r (%s); anomalies -> %s, dead letters -> %s",
                         ",".join(k.input_topics), k.group_id, "exactly once" if k.exactly_once else "at least once",
                         k.output_topic, k.dlq_topic)
@@ -163,6 +170,8 @@ class Worker:
             polled_at = time.perf_counter()
             records = self._retry("polling", lambda n=budget: self._consumer.poll(timeout_ms=k.poll_timeout_ms,
                                                                                    max_records=n))
+            if rejoin_if_orphaned(self._consumer):
+                self.metrics.orphaned_joins.inc()
             if self.health:
                 self.health.beat()
                 self.health.ready = self.ready
