@@ -62,7 +62,7 @@ class DetectorConfig:
     threshold_window: int = 4096
     episode_quiet: int = 20
     adapt_after: int | None = 300
-    accept_plateau: int | None = None
+    accept_plateau: int | None = 120
     adapt_steps: int = 8
     top_k: int = 3
     seed: int = 0

@@ -17,7 +17,8 @@ With ``plateau`` P, an episode is accepted earlier, as soon as its key's score h
 changing*: its last P events all flagged and the mean log score of their second half within
 ``PLATEAU_CHANGE`` of their first half's (a level the key now sits at, e.g. a server settling at a
 new load after an incident). A fault whose score keeps moving (a drift that grows, flags that
-come and go) is still reported until ``adapt_after``.
+come and go) is still reported until ``adapt_after``. With ``adapt_after=None`` nothing is accepted,
+plateaus included.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ class EpisodeTracker:
     def __init__(self, quiet: int, adapt_after: int | None, plateau: int | None = None) -> None:
         self.quiet = quiet
         self.adapt_after = adapt_after
-        self.plateau = plateau
+        self.plateau = plateau if adapt_after is not None else None  # adapt_after=None: never accept
         # An accepted episode stays open (learning) until the key has been quiet this long: the
         # network is still catching up with the new normal, and its last flags are aftershocks
         # of the same change, not new faults to page anyone about.

@@ -90,7 +90,7 @@ def test_a_shift_that_stays_is_accepted_within_the_horizon() -> None:
 
 
 def test_a_plateau_is_accepted_early_while_a_fault_that_keeps_moving_is_still_reported() -> None:
-    _, _, slow = run("step", adapt_after=300)
+    _, _, slow = run("step", adapt_after=300, accept_plateau=None)
     det, _, early = run("step", adapt_after=300, accept_plateau=60)
     accepted = np.flatnonzero(early.regime_change)
     assert accepted.tolist() and accepted[0] - MIDDLE < 150 <= np.flatnonzero(slow.regime_change)[0] - MIDDLE

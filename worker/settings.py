@@ -88,9 +88,10 @@ class DetectorSettings(BaseModel):
     episode_quiet: int = Field(20, ge=1, description="events of a key without a flag that close its episode")
     adapt_after: OptionalInt = Field(300, ge=1, description="an episode still open after this many events of "
                                      "its key is accepted as a new normal and learned (none = never)")
-    accept_plateau: OptionalInt = Field(None, ge=2, description="an episode whose last this many events were all "
+    accept_plateau: OptionalInt = Field(120, ge=2, description="an episode whose last this many events were all "
                                         "flagged with a score that stopped changing (a new steady level) is "
-                                        "accepted then, before adapt_after (none = only after adapt_after)")
+                                        "accepted then, before adapt_after (none = only after adapt_after; "
+                                        "adapt_after none: never)")
     adapt_steps: int = Field(8, ge=0, description="extra optimisation steps per mini-batch holding flagged events "
                              "of an accepted episode (catching up with the new normal)")
     top_k: int = Field(3, ge=1, description="contributing channels reported per event")
