@@ -47,7 +47,8 @@ def stream(partitions: int, per_partition: int, seed: int) -> np.ndarray:
 
 def feed(bootstrap: str, topic: str, X: np.ndarray, rate: float) -> None:
     """Send event i of device p to partition p, ``rate`` events per second in all (0 = at once)."""
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    # acks=all and idempotence: no event lost or doubled when a partition leader is lost meanwhile
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all", enable_idempotence=True)
     started = time.monotonic()
     sent = 0
     for row in X:
@@ -121,7 +122,7 @@ def lagging(bootstrap: str, group: str, topic: str, partitions: int, timeout: fl
 
 def create_input(bootstrap: str, topic: str, partitions: int) -> None:
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    admin.create_topics([NewTopic(topic, partitions, 1)])
+    admin.create_topics([NewTopic(topic, partitions, -1)])  # the broker's default replication
     admin.close()
     wait_for_partitions(bootstrap, topic, partitions)
 

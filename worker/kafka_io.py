@@ -157,6 +157,11 @@ def make_producer(k: KafkaSettings, **overrides: Any) -> KafkaProducer:
     return KafkaProducer(**{**config, **overrides})
 
 
+def replication(k: KafkaSettings) -> int:
+    """The replication factor to create topics with; -1 asks for the broker's default (KIP-464)."""
+    return k.replication_factor if k.replication_factor is not None else -1
+
+
 def ensure_topics(k: KafkaSettings, topics: list[str], create: bool) -> None:
     """Fail naming the first missing topic, or create the missing ones when ``create``."""
     admin = KafkaAdminClient(**connection_config(k))
@@ -168,12 +173,12 @@ def ensure_topics(k: KafkaSettings, topics: list[str], create: bool) -> None:
         if not create:
             raise TopicMissingError(f"topic {missing[0]!r} does not exist on {k.bootstrap_servers} "
                                     "(create it, or pass --create-topics / AE_KAFKA__CREATE_TOPICS=true)")
-        new = [NewTopic(t, k.topic_partitions, k.topic_replication) for t in missing]
+        new = [NewTopic(t, k.topic_partitions, replication(k)) for t in missing]
         try:
             admin.create_topics(new)
         except TopicAlreadyExistsError:
             pass  # another worker of the group created it first
-        logger.info("created topics %s (%d partitions, replication %d)", missing, k.topic_partitions,
-                    k.topic_replication)
+        logger.info("created topics %s (%d partitions, replication %s)", missing, k.topic_partitions,
+                    k.replication_factor or "the broker's default")
     finally:
         admin.close()

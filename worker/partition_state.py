@@ -31,7 +31,7 @@ from kafka.errors import TopicAlreadyExistsError
 
 from ae_core import AutoencoderDetector, CheckpointError, SignatureError
 from ae_core.checkpoint import dumps, load_detector_with_metadata, loads_with_metadata, write_blob
-from worker.kafka_io import connection_config
+from worker.kafka_io import connection_config, replication
 from worker.observability import Metrics
 from worker.outputs import Outgoing
 from worker.settings import Settings
@@ -97,7 +97,7 @@ class StateStore:
             config = {"cleanup.policy": "compact", "max.message.bytes": str(SNAPSHOT_MAX_BYTES),
                       "min.compaction.lag.ms": "0", "segment.ms": "600000"}
             try:
-                admin.create_topics([NewTopic(self.topic, 1, k.topic_replication, topic_configs=config)])
+                admin.create_topics([NewTopic(self.topic, 1, replication(k), topic_configs=config)])
                 logger.info("created the state changelog %s (compacted)", self.topic)
             except TopicAlreadyExistsError:
                 pass

@@ -158,7 +158,8 @@ class KafkaSettings(BaseModel):
     max_poll_interval_ms: int = Field(300_000, ge=1000, description="longest gap between polls (/healthz)")
     create_topics: bool = Field(False, description="create missing topics instead of failing")
     topic_partitions: int = Field(1, ge=1, description="partitions of topics the worker creates")
-    topic_replication: int = Field(1, ge=1, description="replication factor of topics the worker creates")
+    replication_factor: OptionalInt = Field(None, ge=1, description="replication factor of topics the worker "
+                                            "creates (none = the broker's default.replication.factor)")
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
         "PLAINTEXT", description="passed to kafka-python as is")
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(None, description="SASL")
