@@ -90,13 +90,16 @@ def run_through(cluster: Cluster, prefix: str, exactly_once: bool, disrupt: Call
     try:
         deadline = time.monotonic() + 120
         while total_committed(bootstrap, group, topic, PARTITIONS) < PARTITIONS * PER_PARTITION // 4:
-            assert time.monotonic() < deadline and worker.poll() is None, "the worker did not get going"
+            if worker.poll() is not None or time.monotonic() > deadline:
+                worker.kill()
+                pytest.fail(f"the worker did not get going: {worker.communicate(timeout=60)[1][-4000:]}")
             time.sleep(0.2)
         disrupt()
         if kill_worker:
             worker.kill()
             logs += worker.communicate(timeout=60)[1]
-            worker = run_cli(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            worker = run_cli(args, env={"AE_LOG_LEVEL": os.environ.get("CLUSTER_TEST_LOG_LEVEL", "INFO")},
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         feeder.join(timeout=180)
         behind = lagging(bootstrap, group, topic, PARTITIONS, timeout=240)
         worker.send_signal(signal.SIGTERM)

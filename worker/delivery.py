@@ -87,6 +87,7 @@ class _Delivery:
         self.consumer = consumer
         self.retry = retry
         self.waiting = waiting
+        self.settings, self.producer_config = k, producer
         self.producer = make_producer(k, **producer)
 
     def send(self, out: Outgoing) -> Any:
@@ -157,12 +158,25 @@ class ExactlyOnce(_Delivery):
         self.transactional_id = f"{k.group_id}-{k.instance_id or uuid.uuid4().hex}"
         super().__init__(k, consumer, retry, waiting, transactional_id=self.transactional_id,
                          transaction_timeout_ms=k.transaction_timeout_ms, **producer)
-        self.retry("initialising transactions", self.producer.init_transactions)
+        self.retry("initialising transactions", self._init_transactions)
         # kafka-python's transactional calls wait without a timeout: they run on this thread while
         # the loop's thread reports each second that an outage is holding the batch up
         self.calls = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ae-transaction")
         self.open = False
         self.sends: list[Any] = []
+
+    def _init_transactions(self) -> None:
+        """kafka-python's ``init_transactions`` after a timeout keeps waiting on its first attempt,
+        and an attempt begun while the transaction coordinator's broker had just died can wait
+        for good (seen on a three-node cluster: a worker restarted right after a node's kill -9
+        timed out, then waited minutes after the coordinator had moved). A timed-out attempt is
+        dropped with its producer; the next one starts afresh (and finds the new coordinator)."""
+        try:
+            self.producer.init_transactions()
+        except KafkaTimeoutError:
+            self.producer.close(timeout=0)
+            self.producer = make_producer(self.settings, **self.producer_config)
+            raise
 
     def begin(self) -> None:
         if not self.open:

@@ -127,12 +127,16 @@ class Worker:
             if not wait_for_broker(k, self.stop, svc.start_timeout, self._starting):
                 logger.info("stopped while waiting for the broker")
                 return self.stats
-            ensure_topics(k, [*k.input_topics, k.output_topic, k.dlq_topic], k.create_topics)
-            self.partitions.store.ensure_topic()
+            # (each step waits out a broker that cannot be reached: one of a cluster's brokers that
+            # just died is still in the metadata, and a request sent to it fails until the
+            # controller moves its leaderships)
+            self._retry("checking the topics", lambda: ensure_topics(
+                k, [*k.input_topics, k.output_topic, k.dlq_topic], k.create_topics))
+            self._retry("checking the state changelog", self.partitions.store.ensure_topic)
             self._consumer = self.partitions.consumer = make_consumer(k)
             self.delivery = make_delivery(k, self._consumer, self._retry, self._waiting,
                                           max_request_size=SNAPSHOT_MAX_BYTES)
-            subscribe(self._consumer, list(k.input_topics), _Rebalance(self))
+            self._retry("subscribing", lambda: subscribe(self._consumer, list(k.input_topics), _Rebalance(self)))
             logger.info("consuming %s as group %r (%s); anomalies -> %s, dead letters -> %s",
                         ",".join(k.input_topics), k.group_id, "exactly once" if k.exactly_once else "at least once",
                         k.output_topic, k.dlq_topic)

@@ -229,7 +229,8 @@ class Settings(BaseSettings):
 
 # Variables with the AE_ prefix that belong to the project's own scripts, not to the settings
 # (scripts/kafka/broker.sh, tests/conftest.py, .ci/run): never reported as unknown settings.
-TOOL_VARIABLES = frozenset({"AE_KAFKA_HOME", "AE_KAFKA_PORT", "AE_KAFKA_LIBS", "AE_TEST_BOOTSTRAP", "AE_CI_VENV_ROOT"})
+TOOL_VARIABLES = frozenset({"AE_KAFKA_HOME", "AE_KAFKA_PORT", "AE_KAFKA_LIBS", "AE_KAFKA_CLUSTER_HOME",
+                            "AE_KAFKA_CLUSTER_PORT", "AE_TEST_BOOTSTRAP", "AE_CI_VENV_ROOT"})
 
 
 def setting_names() -> list[str]:
