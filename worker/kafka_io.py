@@ -138,7 +138,7 @@ def rejoin_if_orphaned(consumer: KafkaConsumer) -> bool:
     """
     coordinator = getattr(consumer, "_coordinator", None)
     task = getattr(coordinator, "_join_task", None)
-    if task is None or not getattr(task, "is_done", False) or coordinator.need_rejoin():
+    if coordinator is None or task is None or not getattr(task, "is_done", False) or coordinator.need_rejoin():
         return False
     logger.warning("the consumer's last group join was never applied (a kafka-python race): joining again")
     coordinator.request_rejoin()
