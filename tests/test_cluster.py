@@ -10,12 +10,14 @@ import socket
 import subprocess
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, free_port
 from tests.test_crash_equivalence import (
     create_input,
     expected_records,
@@ -71,6 +73,40 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, kafka: str) -> Iterator[Cl
         subprocess.run([SCRIPT, "down"], env=c.env, capture_output=True, timeout=300)
 
 
+class Probes:
+    """/healthz and /readyz asked every half second in a thread, the answers kept in order."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.health: list[int] = []
+        self.ready: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+
+    def _ask(self, path: str) -> int | None:
+        try:
+            return int(urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2).status)
+        except urllib.error.HTTPError as exc:
+            return exc.code
+        except OSError:
+            return None  # not listening (a worker being restarted)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            for path, answers in (("/healthz", self.health), ("/readyz", self.ready)):
+                status = self._ask(path)
+                if status is not None:
+                    answers.append(status)
+
+
 def run_through(cluster: Cluster, prefix: str, exactly_once: bool, disrupt: Callable[[], None],
                 kill_worker: bool = False) -> None:
     """Feed a paced stream to 4 partitions, run a worker, call ``disrupt`` once a quarter of the
@@ -80,12 +116,14 @@ def run_through(cluster: Cluster, prefix: str, exactly_once: bool, disrupt: Call
     X = stream(PARTITIONS, PER_PARTITION, seed=31)
     feeder = threading.Thread(target=feed, args=(bootstrap, f"{prefix}-in", X, 400.0))  # about 15 s
     feeder.start()
+    port = free_port()
     args = ["run", "--bootstrap-servers", bootstrap, "--input-topic", f"{prefix}-in", "--output-topic",
             f"{prefix}-out", "--dlq-topic", f"{prefix}-dlq", "--group-id", f"{prefix}-group", "--create-topics",
-            "--metrics-port", "0", "--batch-max-events", "40", "--instance-id", "w1",
+            "--metrics-port", str(port), "--batch-max-events", "40", "--instance-id", "w1",
             *(["--exactly-once"] if exactly_once else [])]
     group, topic = f"{prefix}-group", f"{prefix}-in"
     worker = run_cli(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    probes = Probes(port)
     logs = ""
     try:
         deadline = time.monotonic() + 120
@@ -94,6 +132,7 @@ def run_through(cluster: Cluster, prefix: str, exactly_once: bool, disrupt: Call
                 worker.kill()
                 pytest.fail(f"the worker did not get going: {worker.communicate(timeout=60)[1][-4000:]}")
             time.sleep(0.2)
+        probes.start()
         disrupt()
         if kill_worker:
             worker.kill()
@@ -102,11 +141,17 @@ def run_through(cluster: Cluster, prefix: str, exactly_once: bool, disrupt: Call
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         feeder.join(timeout=180)
         behind = lagging(bootstrap, group, topic, PARTITIONS, timeout=240)
+        probes.stop()
         worker.send_signal(signal.SIGTERM)
         logs += worker.communicate(timeout=120)[1]
     finally:
+        probes.stop()
         worker.kill()
         feeder.join(timeout=60)
+    # /healthz: 200 on every answer (a restarted worker is not yet listening for a moment);
+    # /readyz: answered all along, and ready again once the cluster has recovered and the lag is 0
+    assert probes.health and set(probes.health) == {200}, probes.health
+    assert probes.ready and probes.ready[-1] == 200, probes.ready[-20:]
     assert behind == [], logs[-4000:]
     assert worker.returncode == 0, logs[-4000:]
     published = published_records(bootstrap, f"{prefix}-out")

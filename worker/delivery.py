@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, TypeVar
 
@@ -47,6 +48,8 @@ Waiting = Callable[[str, BaseException], None]  # (what, error): told while an o
 RETRY_FIRST_S = 0.5
 RETRY_MAX_S = 8.0
 FLUSH_CHECK_S = 1.0  # a broker call still waiting after this long is reported as an outage, then waited on
+# A transactional call with no answer for this long is given up with its producer (see ExactlyOnce._waited).
+TRANSACTION_STUCK_S = 60.0
 
 
 class PublishError(WorkerError):
@@ -159,9 +162,6 @@ class ExactlyOnce(_Delivery):
         super().__init__(k, consumer, retry, waiting, transactional_id=self.transactional_id,
                          transaction_timeout_ms=k.transaction_timeout_ms, **producer)
         self.retry("initialising transactions", self._init_transactions)
-        # kafka-python's transactional calls wait without a timeout: they run on this thread while
-        # the loop's thread reports each second that an outage is holding the batch up
-        self.calls = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ae-transaction")
         self.open = False
         self.sends: list[Any] = []
 
@@ -214,8 +214,10 @@ class ExactlyOnce(_Delivery):
         if not self.open:
             return
         try:
+            # (a producer replaced meanwhile took the open transaction with it: nothing left to abort)
             self.retry("aborting the transaction",
-                       lambda: self._waited("aborting the transaction", self.producer.abort_transaction))
+                       lambda: self._waited("aborting the transaction", self.producer.abort_transaction)
+                       if self.open else None)
         except KafkaError as exc:
             raise WorkerError(f"aborting the transaction failed ({exc!r}): restart the worker; the batch was "
                               "not committed") from exc
@@ -224,16 +226,47 @@ class ExactlyOnce(_Delivery):
     def close(self) -> None:
         if self.open:
             self.abort()
-        self.calls.shutdown(wait=False)
         self.producer.close(timeout=5)
 
     def _waited(self, what: str, call: Callable[[], T]) -> T:
-        future = self.calls.submit(self._fatal_guard, call)
+        """``call`` on the transaction thread, reporting an outage each second while it waits.
+
+        kafka-python's transactional calls wait without a timeout, and one whose transaction
+        coordinator's broker was killed can wait for good: it keeps the coordinator it had found
+        (seen on a three-node cluster, about one kill -9 in three of the node leading the
+        anomalies topic: the worker stuck, SIGTERM unanswered). After ``TRANSACTION_STUCK_S`` the
+        producer is replaced: the new one's initialisation (same transactional id) fences the old
+        one and aborts its open transaction, and the batch is processed again (BatchFailed)."""
+        # kafka-python's transactional calls wait without a timeout: each runs on a daemon thread
+        # while this one reports each second that an outage is holding the batch up (a daemon, so
+        # that a call stuck for good cannot keep the process from exiting)
+        future: Future[T] = Future()
+
+        def run() -> None:
+            try:
+                future.set_result(self._fatal_guard(call))
+            except BaseException as exc:  # noqa: BLE001 (handed to the waiting thread)
+                future.set_exception(exc)
+
+        threading.Thread(target=run, name="ae-transaction", daemon=True).start()
+        started = time.monotonic()
         while True:
             try:
                 return future.result(timeout=FLUSH_CHECK_S)
             except FutureTimeout:
+                if time.monotonic() - started > TRANSACTION_STUCK_S:
+                    self._replace_producer(what)
+                    raise KafkaTimeoutError(f"{what}: no answer for {TRANSACTION_STUCK_S:g} s") from None
                 self.waiting(what, KafkaTimeoutError("no answer from the broker yet"))
+
+    def _replace_producer(self, what: str) -> None:
+        logger.warning("%s has had no answer for %g s: replacing the transactional producer (its open "
+                       "transaction is aborted, the batch processed again)", what, TRANSACTION_STUCK_S)
+        stuck, self.producer = self.producer, make_producer(self.settings, **self.producer_config)
+        threading.Thread(target=stuck.close, kwargs={"timeout": 0}, daemon=True).start()
+        self.open = False
+        self.sends = []
+        self.retry("initialising transactions", self._init_transactions)
 
     def _fatal_guard(self, call: Callable[[], T]) -> T:
         try:
