@@ -174,9 +174,14 @@ class ExactlyOnce(_Delivery):
         try:
             self.producer.init_transactions()
         except KafkaTimeoutError:
-            self.producer.close(timeout=0)
-            self.producer = make_producer(self.settings, **self.producer_config)
+            self._new_producer()
             raise
+
+    def _new_producer(self) -> None:
+        """Drop the producer (closed on a daemon thread: a stuck one may not close at once) for a
+        fresh one with the same transactional id."""
+        stuck, self.producer = self.producer, make_producer(self.settings, **self.producer_config)
+        threading.Thread(target=stuck.close, kwargs={"timeout": 0}, daemon=True).start()
 
     def begin(self) -> None:
         if not self.open:
@@ -262,8 +267,7 @@ class ExactlyOnce(_Delivery):
     def _replace_producer(self, what: str) -> None:
         logger.warning("%s has had no answer for %g s: replacing the transactional producer (its open "
                        "transaction is aborted, the batch processed again)", what, TRANSACTION_STUCK_S)
-        stuck, self.producer = self.producer, make_producer(self.settings, **self.producer_config)
-        threading.Thread(target=stuck.close, kwargs={"timeout": 0}, daemon=True).start()
+        self._new_producer()
         self.open = False
         self.sends = []
         self.retry("initialising transactions", self._init_transactions)
