@@ -34,9 +34,10 @@ SIGNED_MAGIC = b"AEWCKPTS"
 FORMAT = "ae-worker/detector"
 # 3: per-key last-seen counts (key eviction), and per-key arrays as one tensor beside a list of
 # keys (a tensor per key made 100,000 devices a 35 MiB snapshot taking 6 s); 4: the threshold's
-# summaries exactly as held (a restore was off in the last bits); 2 and 3 are still read
-VERSION = 4
-READABLE = (2, 3, 4)
+# summaries exactly as held (a restore was off in the last bits); 5: the density signal (its column
+# in the residual statistics); 2 to 4 are still read, as detectors without the density signal
+VERSION = 5
+READABLE = (2, 3, 4, 5)
 
 
 def detector_state(det: AutoencoderDetector, metadata: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -80,7 +81,10 @@ def restore_detector(state: dict[str, Any]) -> AutoencoderDetector:
         raise CheckpointError(f"checkpoint version {state.get('version')!r} is not supported (expected one of "
                               f"{', '.join(map(str, READABLE))})")
     try:
-        det = AutoencoderDetector(DetectorConfig.from_dict(state["config"]))
+        config = state["config"]
+        if state["version"] < 5:  # saved before the density signal: the detector had none
+            config = {**config, "density_weight": 0.0}
+        det = AutoencoderDetector(DetectorConfig.from_dict(config))
         det.module.load_state_dict(state["module"])
         det.optimizer.load_state_dict(state["optimizer"])
         det._torch_rng.set_state(state["torch_rng"])

@@ -64,6 +64,8 @@ class DetectorConfig:
     adapt_after: int | None = 300
     accept_plateau: int | None = 120
     adapt_steps: int = 8
+    density_weight: float = 0.0
+    density_k: int = 5
     top_k: int = 3
     seed: int = 0
     # per-key state (windows, residual averages, open episodes)
@@ -110,6 +112,11 @@ class DetectorConfig:
             raise ConfigError("threshold_quantile", f"must be in (0, 1), got {self.threshold_quantile}")
         if not self.threshold_margin > 0:
             raise ConfigError("threshold_margin", f"must be > 0, got {self.threshold_margin}")
+        if not self.density_weight >= 0:
+            raise ConfigError("density_weight",
+                              f"must be >= 0 (0: reconstruction error alone), got {self.density_weight}")
+        if self.density_k < 1:
+            raise ConfigError("density_k", f"must be >= 1, got {self.density_k}")
         if not self.threshold_k > 0:
             raise ConfigError("threshold_k", f"must be > 0, got {self.threshold_k}")
         if self.threshold_window < self.batch_size:
@@ -143,6 +150,11 @@ class DetectorConfig:
     def n_features(self) -> int:
         """Width of the model input: channels times window."""
         return self.n_channels * self.window
+
+    @property
+    def score_width(self) -> int:
+        """Columns the scorer follows: the model input's, and the density signal's when it is on."""
+        return self.n_features + (self.density_weight > 0)
 
     @property
     def resolved_loss(self) -> Loss:

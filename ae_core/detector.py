@@ -15,6 +15,7 @@ from river.base import AnomalyDetector
 from torch import nn
 
 from ae_core.config import MAX_ABS_READING, DetectorConfig
+from ae_core.density import Reference, cross_outlier_ratio
 from ae_core.episodes import ClosedEpisode, EpisodeTracker
 from ae_core.errors import ConfigError
 from ae_core.keys import KeyTracker
@@ -124,6 +125,7 @@ class AutoencoderDetector(AnomalyDetector):
         whose storage key is a memory address, so two pickles of one detector would differ."""
         state = self.__dict__.copy()
         state["_single"] = None  # a cache (with buffers of the last event scored): rebuilt on use
+        state["_reference_codes"] = None  # a cache: rebuilt on use
         if "_torch_rng" in state:
             state["_torch_rng"] = state["_torch_rng"].get_state().numpy().tobytes()
         return state
@@ -160,7 +162,9 @@ class AutoencoderDetector(AnomalyDetector):
         self._params = list(self.module.parameters())
         self.optimizer = torch.optim.Adam(self._params, lr=c.learning_rate, fused=True)
         self.scaler = OnlineScaler(c.n_features, c.resolved_scaling, c.clip, c.stats_horizon)
-        self.scorer = ResidualScorer(c.n_features, c.smoothing, c.clip, c.stats_horizon, c.score_aggregate)
+        self.scorer = ResidualScorer(c.n_features, c.smoothing, c.clip, c.stats_horizon, c.score_aggregate,
+                                     c.density_weight)
+        self._reference_codes: Reference | None = None  # the memory's codes; dropped when either changes
         self.episodes = EpisodeTracker(c.episode_quiet, c.adapt_after, c.accept_plateau)
         self.threshold: AdaptiveThreshold | QuantileThreshold | SpotThreshold
         sigma = AdaptiveThreshold(c.threshold_k, max(1, c.threshold_window // c.batch_size))
@@ -176,8 +180,8 @@ class AutoencoderDetector(AnomalyDetector):
         self.memory = np.zeros((c.memory_size, c.n_features))
         self.memory_count = 0
         self.pending_x = np.zeros((0, c.n_features))
-        self.pending_residual = np.zeros((0, c.n_features))
-        self.pending_smoothed = np.zeros((0, c.n_features))
+        self.pending_residual = np.zeros((0, c.score_width))
+        self.pending_smoothed = np.zeros((0, c.score_width))
         self.pending_score = np.zeros(0)
         self.pending_flag = np.zeros(0, dtype=bool)
         self.pending_learn = np.zeros(0, dtype=bool)
@@ -263,13 +267,14 @@ class AutoencoderDetector(AnomalyDetector):
 
     def _process_segment(self, X: np.ndarray, keys: np.ndarray | None, latent: bool) -> BatchResult:
         c = self.config
-        codes = self.encode(X) if latent else None
         # Float32 kernels may round differently for different row counts; scoring every event
         # at its fixed slot of a full batch-sized matrix makes results independent of the cuts.
         offset = len(self.pending_score)
         padded = np.zeros((c.batch_size, c.n_features))
         padded[offset:offset + len(X)] = X
-        residuals, ferr = (a[offset:offset + len(X)] for a in self._reconstruct(padded))
+        residuals, ferr, codes = (a[offset:offset + len(X)] for a in self._reconstruct(padded))
+        if c.density_weight:
+            residuals = np.column_stack([residuals, self._reference().outlier_ratio(codes)])
         smoothed = self.scorer.smooth(self.scorer.standardise(residuals), keys)
         deviations = self.scorer.squared_deviations(smoothed)
         first = self.events_seen
@@ -286,7 +291,7 @@ class AutoencoderDetector(AnomalyDetector):
             self.regime_changes += int(episodes.accepted.sum())
             logger.info("episode(s) %s lasted adapt_after=%s events: accepting a new normal",
                         episodes.episode[episodes.accepted].tolist(), c.adapt_after)
-        top, shares = self._contributions(deviations)
+        top, shares = self._contributions(deviations[:, :c.n_features])
         self.pending_x = np.concatenate([self.pending_x, X])
         self.pending_residual = np.concatenate([self.pending_residual, residuals])
         self.pending_smoothed = np.concatenate([self.pending_smoothed, smoothed])
@@ -299,7 +304,8 @@ class AutoencoderDetector(AnomalyDetector):
         if warmup_ends:
             self._fit_warmup()
         return BatchResult(score, ferr.mean(axis=1), threshold, flags, top, shares, episodes.episode,
-                           episodes.alert, episodes.closed, episodes.accepted, codes, episodes.closed_episodes)
+                           episodes.alert, episodes.closed, episodes.accepted, codes if latent else None,
+                           episodes.closed_episodes)
 
     def _finish_batch(self) -> None:
         # The network and scaler learn the events that were not flagged, and those of an episode
@@ -360,6 +366,8 @@ class AutoencoderDetector(AnomalyDetector):
         held_out = self._cross_fitted_residuals(rows) if len(rows) >= 4 else None
         self._fit(rows)
         residuals = held_out if held_out is not None else self._reconstruct(rows)[0]
+        if c.density_weight:
+            residuals = np.column_stack([residuals, cross_outlier_ratio(self._reconstruct(rows)[2], c.density_k)])
         smoothed = self.scorer.restart(residuals)
         scores = self.scorer.aggregate(self.scorer.squared_deviations(smoothed))
         self.threshold.reset()
@@ -399,15 +407,24 @@ class AutoencoderDetector(AnomalyDetector):
         return top, shares
 
     # -- learning ---------------------------------------------------------------------------------
-    def _reconstruct(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Residuals ``x_hat - x`` and per-feature errors of scaled rows; changes nothing."""
+    def _reconstruct(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Residuals ``x_hat - x``, per-feature errors and bottleneck codes of rows; changes nothing."""
         c = self.config
         target = torch.from_numpy(self.scaler.transform(X).astype(np.float32))
         with torch.inference_mode():
-            logits = self.module(target)
+            codes = self.module.encode(target)
+            logits = self.module.decoder(codes)
             recon = activate(logits, c.output_activation)
             errors = feature_errors(logits, target, c.resolved_loss, c.output_activation)
-            return (recon - target).numpy().astype(np.float64), errors.numpy().astype(np.float64)
+            return ((recon - target).numpy().astype(np.float64), errors.numpy().astype(np.float64),
+                    codes.numpy().astype(np.float64))
+
+    def _reference(self) -> Reference:
+        """Bottleneck codes of the remembered events under the current weights and scaling (cached)."""
+        if self._reference_codes is None:
+            remembered = self.memory[: min(self.memory_count, self.config.memory_size)]
+            self._reference_codes = Reference.of(self._reconstruct(remembered)[2], self.config.density_k)
+        return self._reference_codes
 
     def _learn(self, X: np.ndarray) -> None:
         if len(X) == 0:
@@ -415,6 +432,7 @@ class AutoencoderDetector(AnomalyDetector):
         c = self.config
         self.scaler.learn_many(X)
         self._single = None  # the scaling changed
+        self._reference_codes = None
         for step in range(c.learn_steps):
             batch = X
             if step > 0 and self.memory_count > 0:
@@ -436,6 +454,7 @@ class AutoencoderDetector(AnomalyDetector):
         add_penalty_gradient(self._params, c.penalty, c.penalty_weight)
         self.optimizer.step()
         self._single = None  # the weights changed
+        self._reference_codes = None
         self.last_loss = float(loss.detach())
 
     def _remember(self, X: np.ndarray) -> None:
@@ -443,6 +462,7 @@ class AutoencoderDetector(AnomalyDetector):
         if size == 0:
             return
         rows = X[-size:]
+        self._reference_codes = None
         self.memory[(self.memory_count + np.arange(len(rows))) % size] = rows
         self.memory_count += len(rows)
 

@@ -15,6 +15,11 @@ The score therefore follows the residual *vector* ``r = x_hat - x`` (scaled unit
    spread over many channels) or the largest (``"max"``: best for a fault in one or two sensors
    among many) of the squared standardised values.
 
+A second signal may ride along as one more column of ``r`` (see :mod:`ae_core.density`): the
+distance of the event's bottleneck code to normal codes. It goes through steps 1 and 2 like a
+channel; in step 3 only its excess counts (an event closer to normal codes than usual is not
+anomalous), and it joins the channels' aggregate with ``density_weight`` channels' worth of weight.
+
 With ``smoothing=1`` step 2 does nothing. Every statistic forgets with ``horizon`` (events), so
 the scale of "normal" follows a stream whose noise changes. Spreads have floors: a channel the
 network reconstructs perfectly (a flat line) must not turn rounding noise into alarms.
@@ -46,7 +51,10 @@ class ResidualScorer:
     """Per-key EWMA of clipped standardised residuals, standardised again by normal-event statistics."""
 
     def __init__(self, n_features: int, smoothing: float, clip: float, horizon: int | None = None,
-                 aggregate: str = "mean") -> None:
+                 aggregate: str = "mean", density_weight: float = 0.0) -> None:
+        self.n_channels = n_features  # residual columns; the density column, when there is one, follows
+        self.density_weight = density_weight
+        n_features += density_weight > 0
         self.smoothing = smoothing
         self.aggregate_kind = aggregate
         self.clip = clip
@@ -101,13 +109,21 @@ class ResidualScorer:
         return out
 
     def squared_deviations(self, smoothed: np.ndarray) -> np.ndarray:
-        """Squared standardised smoothed residuals, per event and channel."""
+        """Squared standardised smoothed residuals, per event and column (the density column: its excess only)."""
         spread = np.maximum(self.normal.std, self.smoothed_floor)
-        return np.square((smoothed - self.normal.mean) / spread)
+        z = (smoothed - self.normal.mean) / spread
+        z[:, self.n_channels:] = np.maximum(z[:, self.n_channels:], 0.0)
+        return np.square(z)
 
     def aggregate(self, deviations: np.ndarray) -> np.ndarray:
-        """One score per event from its squared standardised deviations."""
-        return deviations.max(axis=1) if self.aggregate_kind == "max" else deviations.mean(axis=1)
+        """One score per event from its squared standardised deviations: the channels' mean (or
+        largest), and the density column with ``density_weight`` channels' worth of weight."""
+        channels = deviations[:, :self.n_channels]
+        score = channels.max(axis=1) if self.aggregate_kind == "max" else channels.mean(axis=1)
+        if self.density_weight > 0:
+            share = self.density_weight / self.n_channels
+            score = (score + share * deviations[:, -1]) / (1.0 + share)
+        return score
 
     def learn_many(self, residuals: np.ndarray, smoothed: np.ndarray) -> None:
         self.raw.learn_many(residuals)

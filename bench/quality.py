@@ -26,7 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ae_core import AutoencoderDetector  # noqa: E402
-from worker.evaluation import average_precision, flag_metrics  # noqa: E402
+from worker.evaluation import alert_report, average_precision, best_f1, flag_metrics  # noqa: E402
 from worker.pipeline import Replay, Trace  # noqa: E402
 from worker.settings import (
     DetectorSettings,  # noqa: E402
@@ -79,7 +79,7 @@ def after_anomalies(labels: np.ndarray, flags: np.ndarray) -> int:
 def skab(data: Path, detector: DetectorSettings, with_hst: bool) -> dict[str, object]:
     opts = SKAB_INPUT
     det = detector.model_copy(update={"warmup": min(detector.warmup, 400)})
-    labels, flags, scores, hst, alerts, post = [], [], [], [], 0, 0
+    labels, flags, scores, hst, alerts, post, parts = [], [], [], [], 0, 0, []
     for path in sorted((data / "skab" / "valve1").glob("*.csv"), key=lambda p: int(p.stem)):
         t = replay(path, opts, det)
         judged = t["index"] >= 400
@@ -87,12 +87,13 @@ def skab(data: Path, detector: DetectorSettings, with_hst: bool) -> dict[str, ob
         flags.append(t["flags"][judged])
         scores.append(t["score"][judged])
         alerts += int(t["alerts"][judged].sum())
+        parts.append((labels[-1], flags[-1], scores[-1], t["alerts"][judged]))
         post += after_anomalies(t["labels"][judged], t["flags"][judged].astype(bool))
         if with_hst:
             hst.append(hst_scores(path, opts, 1)[judged])
     y, f = np.concatenate(labels), np.concatenate(flags)
     out = flag_metrics(y, f)
-    out.update(alerts=alerts, files=len(labels), false_alarms_after_anomaly=post)
+    out.update(alerts=alerts, files=len(labels), false_alarms_after_anomaly=post, alerting=alert_report(parts))
     out["auc_pr"] = float(np.mean([average_precision(a, b) for a, b in zip(labels, scores)]))  # mean per file
     out["auc_pr_pooled"] = average_precision(y, np.concatenate(scores))
     if with_hst:
@@ -151,11 +152,13 @@ def stress_streams(detector: DetectorSettings, events: int = 6000, features: int
 
 def asd(data: Path, detector: DetectorSettings, with_hst: bool) -> dict[str, object]:
     opts = InputSettings(label_column="label")
-    rows = {}
+    rows: dict[str, object] = {}
+    parts = []
     for path in sorted((data / "asd").glob("omi-*.csv")):
         t = replay(path, opts, detector)
         test = t["index"] >= 8640
         y, s, f = t["labels"][test], t["score"][test], t["flags"][test]
+        parts.append((y, f, s, t["alerts"][test]))
         row = {"auc_pr": average_precision(y, s), "best_f1": best_f1(y, s), "f1": flag_metrics(y, f)["f1"],
                "far": flag_metrics(y, f)["far"], "alerts": int(t["alerts"][test].sum()),
                "false_alarms_after_anomaly": after_anomalies(y, f.astype(bool))}
@@ -163,7 +166,8 @@ def asd(data: Path, detector: DetectorSettings, with_hst: bool) -> dict[str, obj
             h = hst_scores(path, opts, 1)[test]
             row.update(hst_auc_pr=average_precision(y, h), hst_best_f1=best_f1(y, h))
         rows[path.stem] = row
-    rows["mean"] = {k: float(np.mean([r[k] for r in rows.values()])) for k in ("auc_pr", "best_f1", "f1")}
+    rows["mean"] = {k: float(np.mean([r[k] for r in rows.values()])) for k in ("auc_pr", "best_f1", "f1")}  # type: ignore[index]
+    rows["alerting"] = alert_report(parts)
     return rows
 
 
@@ -175,7 +179,7 @@ def nab(data: Path, detector: DetectorSettings, with_hst: bool) -> dict[str, obj
     windows = json.loads((data / "nab" / "labels" / "combined_windows.json").read_text())
     opts = InputSettings(time_column="timestamp")
     det = detector.model_copy(update={"window": NAB_WINDOW})
-    files, raw, null, perfect = {}, 0.0, 0.0, 0.0
+    files, raw, null, perfect, parts = {}, 0.0, 0.0, 0.0, []
     for path in sorted((data / "nab" / "data").glob("*/*.csv")):
         name = f"{path.parent.name}/{path.name}"
         stamps = [line.split(",")[0] for line in path.read_text().splitlines()[1:]]
@@ -186,6 +190,7 @@ def nab(data: Path, detector: DetectorSettings, with_hst: bool) -> dict[str, obj
         for a, b in spans:
             labels[a:b + 1] = 1.0
         alerts = t["alerts"].astype(bool)  # the first event of an episode: what pages someone
+        parts.append((labels[probation:], t["flags"][probation:], t["score"][probation:], alerts[probation:]))
         score = nab_file_score(alerts, spans, probation)
         row = {"windows": len(spans), "nab_raw": round(score, 3),
                "detected": sum(bool(t["flags"][max(a, probation):b + 1].any()) for a, b in spans),
@@ -201,7 +206,8 @@ def nab(data: Path, detector: DetectorSettings, with_hst: bool) -> dict[str, obj
         raw += score
         null -= len(spans)
         perfect += len(spans) * _scaled_sigmoid(-1.0)
-    return {"normalised_score": 100 * (raw - null) / (perfect - null), "files": files}
+    return {"normalised_score": 100 * (raw - null) / (perfect - null), "alerting": alert_report(parts),
+            "files": files}
 
 
 def nab_file_score(flags: np.ndarray, spans: list[tuple[int, int]], probation: int,
@@ -244,14 +250,6 @@ def _scaled_sigmoid(position: float) -> float:
 
 def _row_at(stamps: list[str], stamp: str) -> int:
     return bisect.bisect_left(stamps, stamp[:19])
-
-
-def best_f1(y: np.ndarray, s: np.ndarray) -> float:
-    order = np.argsort(-np.nan_to_num(s, nan=-np.inf))
-    tp = np.cumsum(y[order] > 0.5)
-    k = np.arange(1, len(y) + 1)
-    pos = max(1, int((y > 0.5).sum()))
-    return float(np.max(2 * tp / (k + pos)))
 
 
 def main() -> None:

@@ -21,6 +21,12 @@ def summary(report: dict) -> dict[str, float]:
     if "nab" in report:
         out["nab_score"] = report["nab"]["normalised_score"]
         out["nab_longest_run"] = max(f["longest_run"] for f in report["nab"]["files"].values())
+    for name, key in (("skab", "skab_valve1"), ("asd", "asd"), ("nab", "nab")):
+        if key in report and "alerting" in report[key]:
+            a = report[key]["alerting"]
+            out.update({f"{name}_false_per_10k": a["false_alerts_per_10k"],
+                        f"{name}_alerted": f"{a['anomalies_alerted']}/{a['labelled_anomalies']}",
+                        f"{name}_tail_share": a["tail_share"], f"{name}_f1_of_best": a["f1_of_best"]})
     if "stress" in report:
         st = report["stress"]
         out.update(flat_pct=st["flat"]["flagged_pct_normal"], noise_pct=st["noise"]["flagged_pct_normal"],

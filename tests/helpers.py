@@ -17,6 +17,8 @@ CONFIGS = {
     "spot-threshold": dict(n_channels=5, threshold_rule="spot", threshold_risk=1e-2, batch_size=32,
                            threshold_window=256),
     "max-aggregate": dict(n_channels=5, score_aggregate="max"),
+    # the density signal beside reconstruction error: its column in every statistic and snapshot
+    "density": dict(n_channels=5, density_weight=1.0),
     # a low bar: many short episodes, some accepted as a new normal, all through the contract
     "busy-episodes": dict(n_channels=5, threshold_k=0.5, episode_quiet=3, adapt_after=20, batch_size=32),
     # episodes accepted on plateaus: their recent scores are part of every snapshot

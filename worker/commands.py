@@ -18,6 +18,7 @@ from worker.pipeline import Replay, Trace
 from worker.plotting import plot_replay
 from worker.results import RunSummary
 from worker.settings import Settings
+from worker.simulate import recurring as recurring_faults
 from worker.simulate import simulate as make_recording
 from worker.simulate import stress as stress_stream
 from worker.simulate import write_recording
@@ -91,6 +92,8 @@ def evaluate(args: argparse.Namespace, settings: Settings) -> int:
     print(f"  alerts {metrics['alerts']}: {metrics['anomalies_alerted']} of {metrics['labelled_anomalies']} labelled "
           f"anomalies alerted (median delay {'-' if delay is None else f'{delay:g}'} events), "
           f"{metrics['false_alerts']} false alerts")
+    print(f"  best single threshold on these scores: F1 {metrics['best_f1']:.4f}; {metrics['tail_rows']} flagged rows "
+          f"carried on after labelled anomalies ended")
     if args.plot:
         print(f"plot: {args.plot}")
     return 0
@@ -179,10 +182,12 @@ def simulate(args: argparse.Namespace, settings: Settings) -> int:
         print(f"wrote {args.output}: {args.stress} stress stream, {args.events} events, {args.features} channels, "
               f"{int(labels.sum())} anomalous rows")
         return 0
-    X, labels, injected = make_recording(args.events, args.features, seed=args.seed)
+    make = recurring_faults if args.recurring else make_recording
+    X, labels, injected = make(args.events, args.features, seed=args.seed)
     write_recording(args.output, X, labels)
+    what = "fault occurrences" if args.recurring else "injected anomalies"
     print(f"wrote {args.output}: {args.events} events, {args.features} channels, "
-          f"{int(labels.sum())} anomalous rows in {len(injected)} injected anomalies")
+          f"{int(labels.sum())} anomalous rows in {len(injected)} {what}")
     for item in injected:
         print(f"  {item.kind:<19} rows {item.start}-{item.stop - 1}  {item.channel}")
     return 0

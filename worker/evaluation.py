@@ -62,8 +62,58 @@ def episode_metrics(labels: np.ndarray, alerts: np.ndarray) -> dict[str, Any]:
         if len(inside):
             delays.append(int(inside[0]))
     return {"alerts": int(a.sum()), "labelled_anomalies": len(starts), "anomalies_alerted": len(delays),
-            "false_alerts": int((a & ~y).sum()),
+            "false_alerts": int((a & ~y).sum()), "alert_delays": delays,
             "median_alert_delay": float(np.median(delays)) if delays else None}
+
+
+def best_f1(labels: np.ndarray, scores: np.ndarray) -> float:
+    """F1 of the best single threshold on the scores: what a decision layer could reach at most."""
+    y = np.asarray(labels) > 0.5
+    if not y.any():
+        return 0.0
+    order = np.argsort(-np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=-np.inf), kind="stable")
+    tp = np.cumsum(y[order])
+    return float(np.max(2 * tp / (np.arange(1, len(y) + 1) + max(1, int(y.sum())))))
+
+
+def tail_rows(labels: np.ndarray, flags: np.ndarray, quiet: int = 20) -> int:
+    """Flagged rows of the flag runs that carry on after a labelled anomaly ends: from each end to
+    the first ``quiet`` unflagged rows in a row (an episode closing) or the next anomaly."""
+    y, f = np.asarray(labels) > 0.5, np.asarray(flags, dtype=bool)
+    count = 0
+    for end in (np.flatnonzero(y[:-1] & ~y[1:]) + 1).tolist():
+        gap = 0
+        for i in range(end, len(y)):
+            if y[i] or gap >= quiet:
+                break
+            gap = 0 if f[i] else gap + 1
+            count += int(f[i])
+    return count
+
+
+def alert_report(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]) -> dict[str, Any]:
+    """Alert-level numbers over recordings judged apart, each ``(labels, flags, scores, alerts)``:
+    false alerts per 10,000 judged events, labelled anomalies with an alert inside them, the median
+    delay to that alert, the share of false flagged rows that are tails of a real anomaly
+    (:func:`tail_rows`), and flag F1 as a share of the best single threshold's F1 on the same
+    scores (what the decision layer loses)."""
+    events = false_alerts = anomalies = alerted = tails = false_rows = 0
+    delays: list[float] = []
+    for labels, flags, _, alerts in parts:
+        m = episode_metrics(labels, alerts)
+        events += len(labels)
+        false_alerts += m["false_alerts"]
+        anomalies += m["labelled_anomalies"]
+        alerted += m["anomalies_alerted"]
+        delays += m["alert_delays"]
+        tails += tail_rows(labels, flags)
+        false_rows += int((np.asarray(flags, dtype=bool) & (np.asarray(labels) <= 0.5)).sum())
+    y, f, s = (np.concatenate([p[i] for p in parts]) for i in range(3))
+    best = best_f1(y, s)
+    return {"false_alerts_per_10k": 1e4 * false_alerts / max(1, events), "anomalies_alerted": alerted,
+            "labelled_anomalies": anomalies, "median_alert_delay": float(np.median(delays)) if delays else None,
+            "tail_share": tails / false_rows if false_rows else 0.0, "best_f1": best,
+            "f1_of_best": flag_metrics(y, f)["f1"] / best if best else 0.0}
 
 
 def evaluate(labels: np.ndarray, flags: np.ndarray, scores: np.ndarray, alerts: np.ndarray) -> dict[str, Any]:
@@ -72,4 +122,7 @@ def evaluate(labels: np.ndarray, flags: np.ndarray, scores: np.ndarray, alerts: 
     out["auc_pr"] = average_precision(labels, scores)
     out["roc_auc"] = roc_auc(labels, scores)
     out.update(episode_metrics(labels, alerts))
+    del out["alert_delays"]
+    out["best_f1"] = best_f1(labels, scores)
+    out["tail_rows"] = tail_rows(labels, flags)
     return out
