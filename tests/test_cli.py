@@ -357,3 +357,24 @@ def test_plots_mark_alerts_and_new_normals_on_the_recordings_time_axis(tmp_path:
     assert drawn == {"xlabel": "time", "ylabel": "score",
                      "legend": ["score", "threshold", "flagged", "alert", "new normal accepted"]}
     assert (tmp_path / "p.png").stat().st_size > 1000
+
+
+def test_secrets_never_reach_the_log(capsys: pytest.CaptureFixture[str]) -> None:
+    """Whatever a library logs (kafka-python dumps its configuration at debug level), a password
+    or the snapshot key is written as ***."""
+    import logging
+
+    from worker.logs import configure_logging
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        configure_logging("DEBUG", False, ("s3cret-password", "k3y-k3y-k3y-k3y-k3y", "ab"))
+        logging.getLogger("worker.test").warning("config %s", {"sasl_plain_password": "s3cret-password"})
+        logging.getLogger("worker.test").error("key k3y-k3y-k3y-k3y-k3y; a word: about")
+    finally:
+        root.handlers[:], _ = saved
+        root.setLevel(saved[1])
+    err = capsys.readouterr().err
+    assert "s3cret-password" not in err and "k3y-k3y" not in err
+    assert err.count("***") == 2 and "about" in err  # (secrets shorter than 4 characters are not looked for)

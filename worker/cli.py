@@ -13,6 +13,7 @@ from typing import Any, Literal, get_args, get_origin
 from kafka.errors import KafkaError
 
 from ae_core import AECoreError
+from worker.access import explain
 from worker.errors import SettingsError, WorkerError
 from worker.logs import configure_logging
 from worker.settings import DetectorSettings, Settings, load_settings
@@ -204,8 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--events", type=int, default=20_000, help="rows to write")
     simulate.add_argument("--features", type=int, default=8, help="reading channels")
     simulate.add_argument("--seed", type=int, default=0, help="seeds the recording: same seed, same file")
-    simulate.add_argument("--stress", choices=STRESS, help="a stress stream instead (an exactly constant line, "
-                          "noise, one extreme spike, a step that stays, a step that returns)")
+    kind = simulate.add_mutually_exclusive_group()
+    kind.add_argument("--stress", choices=STRESS, help="a stress stream instead (an exactly constant line, "
+                      "noise, one extreme spike, a step that stays, a step that returns)")
+    kind.add_argument("--recurring", action="store_true", help="recurring faults instead: three rare operating "
+                      "points that come back again and again (about 7%% of rows) among normal operation")
     return parser
 
 
@@ -224,11 +228,17 @@ def settled_garbage_collector() -> Iterator[None]:
         gc.unfreeze()
 
 
+def refused(exc: BaseException, settings: Settings | None) -> str | None:
+    """A missing ACL behind ``exc``, told as who may not do what (:func:`worker.access.explain`)."""
+    return None if settings is None else explain(exc, settings.kafka)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    settings = None
     try:
         settings = settings_from_args(args)
-        configure_logging(settings.log_level, settings.log_json)
+        configure_logging(settings.log_level, settings.log_json, settings.secrets())
         import torch
 
         torch.set_num_threads(settings.torch_threads)
@@ -238,11 +248,11 @@ def main(argv: list[str] | None = None) -> int:
         with settled_garbage_collector() if argv is None else contextlib.nullcontext():
             return int(getattr(commands, args.command)(args, settings) or 0)
     except (WorkerError, AECoreError) as exc:
-        print(f"ae-worker: error: {exc}", file=sys.stderr)
+        print(f"ae-worker: error: {refused(exc, settings) or exc}", file=sys.stderr)
         return 2
     except KafkaError as exc:  # the cluster refused something for good: one line, the trace at debug level
         logger.debug("Kafka error", exc_info=True)
-        print(f"ae-worker: error: Kafka: {exc}", file=sys.stderr)
+        print(f"ae-worker: error: {refused(exc, settings) or f'Kafka: {exc}'}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("ae-worker: interrupted", file=sys.stderr)

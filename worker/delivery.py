@@ -123,7 +123,7 @@ class AtLeastOnce(_Delivery):
         failed = [f.exception for f in sends if f.failed()]
         if any(not retriable(e) for e in failed):
             first = next(e for e in failed if not retriable(e))
-            raise PublishError(f"{len(failed)} {what} failed, offsets not committed: {first}")
+            raise PublishError(f"{len(failed)} {what} failed, offsets not committed: {first}") from first
         if failed:
             raise BatchFailed(f"{len(failed)} {what} failed: {failed[0]!r}")
 

@@ -13,6 +13,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
+from worker.access import connection_failures, refusal
 from worker.errors import WorkerError
 from worker.settings import KafkaSettings
 
@@ -44,15 +45,22 @@ def wait_for_broker(k: KafkaSettings, stop: threading.Event, timeout: float | No
                     waiting: Callable[[str, BaseException], None] | None = None) -> bool:
     """Until a bootstrap server answers: one log line per attempt (every few seconds), ``waiting``
     told each time. False when ``stop`` was set meanwhile; :class:`BrokerUnavailableError` after
-    ``timeout`` seconds (None: no limit). Errors that waiting cannot mend (authentication, bad
-    settings) are raised at once."""
+    ``timeout`` seconds (None: no limit). Errors that waiting cannot mend are raised at once: bad
+    settings, and (:class:`~worker.access.AccessError`) a refused password or an untrusted certificate."""
     started = time.monotonic()
     deadline = None if timeout is None else started + timeout
     attempt = 0
     while not stop.is_set():
         attempt += 1
         try:
-            KafkaAdminClient(**connection_config(k), bootstrap_timeout_ms=BOOTSTRAP_PROBE_MS).close()
+            with connection_failures() as failures:
+                try:
+                    KafkaAdminClient(**connection_config(k), bootstrap_timeout_ms=BOOTSTRAP_PROBE_MS).close()
+                except KafkaError:
+                    refused = refusal(failures, k)
+                    if refused is not None:
+                        raise refused from None
+                    raise
             if attempt > 1:
                 logger.info("the broker at %s answers: starting", k.bootstrap_servers)
             return True
@@ -171,7 +179,8 @@ def ensure_topics(k: KafkaSettings, topics: list[str], create: bool) -> None:
         if not missing:
             return
         if not create:
-            raise TopicMissingError(f"topic {missing[0]!r} does not exist on {k.bootstrap_servers} "
+            hidden = (f", or user {k.sasl_username!r} may not DESCRIBE it (an ACL)" if k.sasl_username else "")
+            raise TopicMissingError(f"topic {missing[0]!r} does not exist on {k.bootstrap_servers}{hidden} "
                                     "(create it, or pass --create-topics / AE_KAFKA__CREATE_TOPICS=true)")
         new = [NewTopic(t, k.topic_partitions, replication(k)) for t in missing]
         try:

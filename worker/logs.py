@@ -22,8 +22,24 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(payload, default=str).decode()
 
 
-def configure_logging(level: str, as_json: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+class RedactingHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes each line with every secret (a password, a signing key) replaced by ``***``: whatever
+    a library logs, at any level, a configuration dump included, no secret reaches the log.
+    Secrets shorter than 4 characters are not looked for (they would blank common words)."""
+
+    def __init__(self, secrets: tuple[str, ...]) -> None:
+        super().__init__(sys.stderr)
+        self.secrets = tuple(s for s in secrets if len(s) >= 4)
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
+
+
+def configure_logging(level: str, as_json: bool, secrets: tuple[str, ...] = ()) -> None:
+    handler = RedactingHandler(secrets)
     handler.setFormatter(JsonFormatter() if as_json else logging.Formatter(
         "%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()

@@ -94,6 +94,13 @@ class DetectorSettings(BaseModel):
                                         "adapt_after none: never)")
     adapt_steps: int = Field(8, ge=0, description="extra optimisation steps per mini-batch holding flagged events "
                              "of an accepted episode (catching up with the new normal)")
+    density_weight: float = Field(0.0, ge=0, description="weight, in channels, of the density signal beside the "
+                                  "residual channels in the score: how isolated an event's bottleneck code is "
+                                  "among the remembered normal codes (keeps a fault that recurs rare after the "
+                                  "network has learned to reconstruct it; 1 is a good start; 0 = reconstruction "
+                                  "error alone)")
+    density_k: int = Field(5, ge=1, description="density signal: the nearest remembered codes an event's "
+                           "distance, and their own spacing, are taken over")
     top_k: int = Field(3, ge=1, description="contributing channels reported per event")
     seed: int = Field(0, description="seeds weights, sampling and noise: same seed, same output")
     key_ttl: OptionalInt = Field(None, ge=1, description="a key (device) not seen for this many events of its "
@@ -226,11 +233,17 @@ class Settings(BaseSettings):
     log_json: bool = Field(False, description="one JSON object per log line")
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads (small networks: 1 is fastest)")
 
+    def secrets(self) -> tuple[str, ...]:
+        """The secret values set (passwords, the snapshot key): what the log never shows."""
+        k = self.kafka
+        return tuple(s.get_secret_value() for s in (k.sasl_password, k.ssl_password, k.snapshot_key) if s)
+
 
 # Variables with the AE_ prefix that belong to the project's own scripts, not to the settings
 # (scripts/kafka/broker.sh, tests/conftest.py, .ci/run): never reported as unknown settings.
 TOOL_VARIABLES = frozenset({"AE_KAFKA_HOME", "AE_KAFKA_PORT", "AE_KAFKA_LIBS", "AE_KAFKA_CLUSTER_HOME",
-                            "AE_KAFKA_CLUSTER_PORT", "AE_TEST_BOOTSTRAP", "AE_CI_VENV_ROOT"})
+                            "AE_KAFKA_CLUSTER_PORT", "AE_KAFKA_SECURE_HOME", "AE_KAFKA_SECURE_PORT",
+                            "AE_KAFKA_SECURE_PARTITIONS", "AE_TEST_BOOTSTRAP", "AE_CI_VENV_ROOT"})
 
 
 def setting_names() -> list[str]:
