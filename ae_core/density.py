@@ -42,7 +42,7 @@ class Reference:
         k = max(1, min(k, len(ref) - 1))
         if len(ref) < 2:
             return Reference(ref, torch.full((len(ref),), FLOOR), k)
-        pairwise = torch.cdist(ref, ref)
+        pairwise = _distances(ref, ref)
         pairwise.fill_diagonal_(float("inf"))
         spacing = pairwise.topk(k, dim=1, largest=False).values.mean(dim=1).clamp_min(FLOOR)
         return Reference(ref, spacing, k)
@@ -52,10 +52,17 @@ class Reference:
         ones (neutral) while the reference is empty."""
         if len(self.codes) == 0 or len(codes) == 0:
             return np.zeros(len(codes))
-        pairwise = torch.cdist(torch.from_numpy(np.asarray(codes, dtype=np.float32)), self.codes)
+        pairwise = _distances(torch.from_numpy(np.asarray(codes, dtype=np.float32)), self.codes)
         nearest = pairwise.topk(min(self.k, len(self.codes)), dim=1, largest=False)
         distance = nearest.values.mean(dim=1).clamp_min(FLOOR)
         return np.log((distance / self.spacing[nearest.indices].mean(dim=1)).numpy().astype(np.float64))
+
+
+def _distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Euclidean distances, each pair computed on its own: the matrix-product shortcut rounds a
+    row's distances differently with the number of rows, and results must not depend on how the
+    stream is cut."""
+    return torch.cdist(a, b, compute_mode="donot_use_mm_for_euclid_dist")
 
 
 def cross_outlier_ratio(codes: np.ndarray, k: int) -> np.ndarray:
