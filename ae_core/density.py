@@ -59,10 +59,9 @@ class Reference:
 
 
 def _distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Euclidean distances, each pair computed on its own: the matrix-product shortcut rounds a
-    row's distances differently with the number of rows, and results must not depend on how the
-    stream is cut."""
-    return torch.cdist(a, b, compute_mode="donot_use_mm_for_euclid_dist")
+    """Euclidean distances. (The matrix-product shortcut rounds a row's distances differently with
+    the number of rows: callers pass a fixed number, so results do not depend on the stream's cuts.)"""
+    return torch.cdist(a, b)
 
 
 def cross_outlier_ratio(codes: np.ndarray, k: int) -> np.ndarray:

@@ -272,9 +272,10 @@ class AutoencoderDetector(AnomalyDetector):
         offset = len(self.pending_score)
         padded = np.zeros((c.batch_size, c.n_features))
         padded[offset:offset + len(X)] = X
-        residuals, ferr, codes = (a[offset:offset + len(X)] for a in self._reconstruct(padded))
-        if c.density_weight:
+        residuals, ferr, codes = self._reconstruct(padded)
+        if c.density_weight:  # (over the whole padded batch too: distances of a fixed number of rows)
             residuals = np.column_stack([residuals, self._reference().outlier_ratio(codes)])
+        residuals, ferr, codes = (a[offset:offset + len(X)] for a in (residuals, ferr, codes))
         smoothed = self.scorer.smooth(self.scorer.standardise(residuals), keys)
         deviations = self.scorer.squared_deviations(smoothed)
         first = self.events_seen
