@@ -2,6 +2,7 @@
 
     scripts/kafka/broker.sh up            # or make kafka-up
     python bench/soak.py [--bootstrap 127.0.0.1:9092] [--kills 20] [--at-least-once]
+    python bench/soak.py --cluster [--kills 20] [--at-least-once]   # on scripts/kafka/cluster.sh's three nodes
 
 A 4-partition topic gets a live stream of one device per partition. One worker starts, two more
 join (1 -> 3 workers), then a random worker is killed with SIGKILL and restarted ``--kills``
@@ -9,6 +10,13 @@ times, then all three stop and one worker drains the rest (3 -> 1). The anomaly 
 ``read_committed``, is compared record for record with one uninterrupted detector per partition:
 missing, extra, duplicated records, Jaccard similarity, and the group's lag. Not part of the tests
 (it runs for minutes); the tests run a short version of the same checks.
+
+With ``--cluster`` it runs on the local three-node cluster (started when it is not running) and
+the brokers fail too: every fourth worker kill comes with a ``kill -9`` of the node leading the
+anomalies topic or an input partition, in turn (started again 5 s later), and halfway through, all
+three nodes are restarted one after another (a rolling restart; no node is killed meanwhile). It
+also prints the longest gap between consecutive anomaly records (their timestamps) and when it
+began: what a failover costs the output.
 """
 
 from __future__ import annotations
@@ -51,7 +59,13 @@ def main() -> None:
     parser.add_argument("--per-partition", type=int, default=6000)
     parser.add_argument("--seconds-between-kills", type=float, default=4.0, help="mean; uniform 0.5x..1.5x")
     parser.add_argument("--at-least-once", action="store_true", help="the default mode instead of exactly once")
+    parser.add_argument("--cluster", action="store_true", help="on scripts/kafka/cluster.sh, with leader kills "
+                        "and a rolling restart")
     args = parser.parse_args()
+    if args.cluster:
+        if subprocess.run([CLUSTER, "status"], capture_output=True).returncode != 0:
+            subprocess.run([CLUSTER, "up"], check=True)
+        args.bootstrap = cluster("bootstrap")
     prefix = f"soak-{uuid.uuid4().hex[:6]}"
     topic, group = f"{prefix}-in", f"{prefix}-group"
     create_input(args.bootstrap, topic, PARTITIONS)
@@ -71,7 +85,8 @@ def main() -> None:
                                 cwd=ROOT, env=env, stdout=log, stderr=log)
 
     rng = np.random.default_rng(31)
-    started = time.monotonic()
+    restarting = threading.Thread(target=rolling_restart)
+    started, began = time.monotonic(), time.time()
     workers = {"w0": start("w0")}
     time.sleep(8)
     for name in ("w1", "w2"):  # 1 -> 3 workers
@@ -83,6 +98,19 @@ def main() -> None:
         workers[name].wait(timeout=30)
         workers[name] = start(name)
         print(f"kill {kill + 1}/{args.kills}: {name} at {time.monotonic() - started:.0f} s", flush=True)
+        if args.cluster and kill % 4 == 1 and not restarting.is_alive():  # one broker failure at a time
+            # the anomalies topic (one partition, as --create-topics makes it) or an input partition
+            which, partition = [(f"{prefix}-out", "0"), (topic, str(int(rng.integers(PARTITIONS))))][kill // 4 % 2]
+            node = leader(which, partition)
+            if node is None:
+                print(f"  no leader for {which}-{partition} (an election under way): no node killed")
+            else:
+                cluster("kill", node)
+                print(f"  kill -9 of node {node}, leading {which}-{partition}; started again in 5 s", flush=True)
+                threading.Timer(5.0, cluster, args=("start", node)).start()
+        if args.cluster and kill == args.kills // 2:
+            print("  rolling restart of nodes 1, 2, 3", flush=True)
+            restarting.start()
     feeder.join()
     for proc in workers.values():  # 3 -> 1
         proc.send_signal(signal.SIGTERM)
@@ -104,6 +132,51 @@ def main() -> None:
     print(f"expected records {len(want)}  published {len(published)}  missing {len(want - got)}  "
           f"extra {len(got - want)}  duplicated {len(published) - len(got)}  "
           f"Jaccard {len(want & got) / max(1, len(want | got)):.3f}  lag {lag}  (worker logs in {logs})")
+    gap, after = longest_gap(args.bootstrap, f"{prefix}-out", began)
+    print(f"longest gap between anomaly records: {gap:.1f} s, from {after:.0f} s after the run began")
+
+
+CLUSTER = str(ROOT / "scripts" / "kafka" / "cluster.sh")
+
+
+def cluster(*args: str) -> str:
+    return subprocess.run([CLUSTER, *args], check=True, capture_output=True, text=True, timeout=300).stdout.strip()
+
+
+def leader(topic: str, partition: str) -> str | None:
+    """The node leading the partition; None when none does for 10 s (an election under way)."""
+    for _ in range(10):
+        done = subprocess.run([CLUSTER, "leader", topic, partition], capture_output=True, text=True, timeout=120)
+        if done.returncode == 0:
+            return done.stdout.strip()
+        time.sleep(1.0)
+    return None
+
+
+def rolling_restart() -> None:
+    for node in ("1", "2", "3"):
+        cluster("stop", node)
+        cluster("start", node)
+
+
+def longest_gap(bootstrap: str, topic: str, began: float) -> tuple[float, float]:
+    """Seconds between the two consecutive records of ``topic`` (read_committed, by their
+    timestamps) furthest apart, and when the gap began, in seconds after the run began."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False)
+    tps = [TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or ())]
+    consumer.assign(tps)
+    consumer.seek_to_beginning()
+    ends, stamps = consumer.end_offsets(tps), []
+    deadline = time.monotonic() + 60
+    while any(consumer.position(tp) < ends[tp] for tp in tps) and time.monotonic() < deadline:
+        for batch in consumer.poll(timeout_ms=500).values():
+            stamps += [m.timestamp for m in batch]
+    consumer.close()
+    stamps.sort()
+    if len(stamps) < 2:
+        return 0.0, 0.0
+    widest = int(np.argmax(np.diff(stamps)))
+    return (stamps[widest + 1] - stamps[widest]) / 1000, stamps[widest] / 1000 - began
 
 
 if __name__ == "__main__":
