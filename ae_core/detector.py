@@ -135,6 +135,8 @@ class AutoencoderDetector(AnomalyDetector):
             rng = torch.Generator()
             rng.set_state(torch.frombuffer(bytearray(state["_torch_rng"]), dtype=torch.uint8))
             state["_torch_rng"] = rng
+        state.setdefault("_reference_codes", None)  # (caches a pickle made before them lacks)
+        state.setdefault("_warned_foreign", False)
         self.__dict__.update(state)
 
     @classmethod
@@ -165,6 +167,7 @@ class AutoencoderDetector(AnomalyDetector):
         self.scorer = ResidualScorer(c.n_features, c.smoothing, c.clip, c.stats_horizon, c.score_aggregate,
                                      c.density_weight)
         self._reference_codes: Reference | None = None  # the memory's codes; dropped when either changes
+        self._warned_foreign = False  # said once that an event held none of the channels
         self.episodes = EpisodeTracker(c.episode_quiet, c.adapt_after, c.accept_plateau)
         self.threshold: AdaptiveThreshold | QuantileThreshold | SpotThreshold
         sigma = AdaptiveThreshold(c.threshold_k, max(1, c.threshold_window // c.batch_size))
@@ -489,6 +492,14 @@ class AutoencoderDetector(AnomalyDetector):
         except KeyError:  # a channel missing from this event reads as its running mean (a neutral
             pass          # value); keys the first event did not have are not part of the model
         mean = self.scaler.mean
+        if not any(k in x for k in keys) and not self._warned_foreign:
+            # every channel missing: the event reads as the running means and scores as normal
+            # whatever it holds; most likely the keys are named differently (once per detector)
+            self._warned_foreign = True
+            logger.warning("an event holds none of the detector's channels (%s; it has %s): it reads as the "
+                           "running means; are the keys named as the detector's channels?",
+                           ", ".join(map(str, keys[:5])) + (", ..." if len(keys) > 5 else ""),
+                           ", ".join(map(str, list(x)[:5])) or "no keys")
         return np.array([float(x[k]) if k in x else float(mean[i]) for i, k in enumerate(keys)])
 
 

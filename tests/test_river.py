@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from river import anomaly, checks, compose, preprocessing
 
-from ae_core import AutoencoderDetector
+from ae_core import AutoencoderDetector, DetectorConfig
 from worker.evaluation import roc_auc
 from worker.simulate import channel_names, simulate
 
@@ -96,3 +96,15 @@ def test_the_readme_detector_example_runs(tmp_path, monkeypatch, capsys: pytest.
     flagged, labelled = map(int, re.fullmatch(r"(\d+) flagged, (\d+) of them labelled\n",
                                               capsys.readouterr().out).groups())
     assert 0 < labelled <= flagged and (tmp_path / "det.ckpt").exists()
+
+
+def test_an_event_with_none_of_the_channels_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    """Keys named differently from the channels (``f0`` where the detector has ``x0``) would read
+    as the running means, event after event, and score as normal: said once, loudly."""
+    det = AutoencoderDetector(DetectorConfig(n_channels=3, warmup=32, batch_size=16))
+    with caplog.at_level("WARNING", logger="ae_core.detector"):
+        det.score_one({"f0": 1.0, "f1": 2.0, "f2": 3.0})
+        det.learn_one({"f0": 1.0, "f1": 2.0, "f2": 3.0})
+        det.score_one({"x0": 1.0})  # some channels present: the missing ones read as means, no warning
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "none of the detector's channels (x0, x1, x2; it has f0, f1, f2)" in warnings[0]
