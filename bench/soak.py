@@ -46,7 +46,7 @@ from tests.test_crash_equivalence import (  # noqa: E402
     published_records,
     stream,
 )
-from tests.test_kafka_worker import committed  # noqa: E402
+from tests.test_kafka_worker import committed, read_topic  # noqa: E402
 from worker.settings import load_settings  # noqa: E402
 
 PARTITIONS = 4
@@ -162,17 +162,7 @@ def rolling_restart() -> None:
 def longest_gap(bootstrap: str, topic: str, began: float) -> tuple[float, float]:
     """Seconds between the two consecutive records of ``topic`` (read_committed, by their
     timestamps) furthest apart, and when the gap began, in seconds after the run began."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False)
-    tps = [TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or ())]
-    consumer.assign(tps)
-    consumer.seek_to_beginning()
-    ends, stamps = consumer.end_offsets(tps), []
-    deadline = time.monotonic() + 60
-    while any(consumer.position(tp) < ends[tp] for tp in tps) and time.monotonic() < deadline:
-        for batch in consumer.poll(timeout_ms=500).values():
-            stamps += [m.timestamp for m in batch]
-    consumer.close()
-    stamps.sort()
+    stamps = sorted(m.timestamp for m in read_topic(bootstrap, topic, "read_committed"))
     if len(stamps) < 2:
         return 0.0, 0.0
     widest = int(np.argmax(np.diff(stamps)))

@@ -37,8 +37,10 @@ def settings(bootstrap: str, prefix: str, *, detector: dict | None = None, servi
                          service={"metrics_port": 0, "idle_timeout": 5, **(service or {})})
 
 
-def read_topic(bootstrap: str, topic: str, isolation_level: str = "read_uncommitted") -> list[Any]:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level=isolation_level)
+def read_topic(bootstrap: str, topic: str, isolation_level: str = "read_uncommitted", **security: Any) -> list[Any]:
+    """Every record of ``topic`` up to its end now; ``security``: kafka-python's SASL/SSL settings."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level=isolation_level,
+                             **security)
     try:
         tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
         consumer.assign(tps)

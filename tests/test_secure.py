@@ -20,7 +20,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from tests.conftest import ROOT
 from tests.test_crash_equivalence import CHANNELS
-from tests.test_kafka_worker import run_cli
+from tests.test_kafka_worker import read_topic, run_cli
 from worker.simulate import simulate
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(600)]
@@ -95,17 +95,9 @@ class Secured:
         producer.close()
 
     def outputs(self) -> list[dict[str, Any]]:
-        consumer = KafkaConsumer(**self.admin, isolation_level="read_committed", enable_auto_commit=False)
-        tps = [TopicPartition(OUTPUT, p) for p in range(PARTITIONS)]
-        consumer.assign(tps)
-        consumer.seek_to_beginning()
-        ends, records = consumer.end_offsets(tps), []
-        deadline = time.monotonic() + 30
-        while any(consumer.position(tp) < ends[tp] for tp in tps) and time.monotonic() < deadline:
-            for batch in consumer.poll(timeout_ms=500).values():
-                records += [json.loads(m.value) for m in batch]
-        consumer.close()
-        return records
+        admin = self.admin
+        return [json.loads(m.value) for m in read_topic(admin.pop("bootstrap_servers"), OUTPUT, "read_committed",
+                                                        **admin)]
 
     def lag(self) -> int:
         consumer = KafkaConsumer(**self.admin, group_id=GROUP, enable_auto_commit=False)
