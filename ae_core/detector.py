@@ -14,6 +14,7 @@ import torch._dynamo  # noqa: F401  (see below)
 from river.base import AnomalyDetector
 from torch import nn
 
+from ae_core.backprop import adam_step, set_gradients
 from ae_core.config import MAX_ABS_READING, DetectorConfig
 from ae_core.density import Reference, cross_outlier_ratio
 from ae_core.episodes import ClosedEpisode, EpisodeTracker
@@ -452,14 +453,12 @@ class AutoencoderDetector(AnomalyDetector):
         inputs = target
         if c.denoise_sigma > 0:
             inputs = target + c.denoise_sigma * torch.randn(target.shape, generator=self._torch_rng)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss = feature_errors(self.module(inputs), target, c.resolved_loss, c.output_activation).mean()
-        loss.backward()
+        loss = set_gradients(self.module, inputs, target, c.resolved_loss, c.output_activation)
         add_penalty_gradient(self._params, c.penalty, c.penalty_weight)
-        self.optimizer.step()
+        adam_step(self.optimizer)
         self._single = None  # the weights changed
         self._reference_codes = None
-        self.last_loss = float(loss.detach())
+        self.last_loss = float(loss)
 
     def _remember(self, X: np.ndarray) -> None:
         size = self.config.memory_size

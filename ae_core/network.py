@@ -28,6 +28,10 @@ class Autoencoder(nn.Module):
         widths = [n_features, *hidden, bottleneck]
         self.encoder = _stack(widths, last_activation=False)
         self.decoder = _stack(widths[::-1], last_activation=False)
+        # every linear layer in order, and whether a ReLU follows it (for ae_core.backprop)
+        chain = [*self.encoder, *self.decoder]
+        self.linears = [(layer, isinstance(after, nn.ReLU)) for layer, after in zip(chain, [*chain[1:], None])
+                        if isinstance(layer, nn.Linear)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Decoder output before the output activation."""

@@ -32,7 +32,7 @@ import math
 import numpy as np
 from scipy.signal import lfilter
 
-from ae_core.keys import occurrences, per_key
+from ae_core.keys import by_occurrence, occurrences, per_key
 from ae_core.scaling import OnlineScaler
 
 # Smallest residual spread, in scaled input units (standard deviations, or the [0, 1] range).
@@ -79,10 +79,10 @@ class ResidualScorer:
             return z
         if keys is None:
             return self._smooth_key("", z)
-        distinct, inverse, by_occurrence = occurrences(keys)
-        if len(by_occurrence) > len(distinct):
+        distinct, inverse, counts = occurrences(keys)
+        if counts.max() > len(distinct):  # (the split by occurrence is costly: only when it is used)
             return per_key(z, keys, self._smooth_key, z.shape[1])
-        return self._smooth_fleet(z, distinct, inverse, by_occurrence)
+        return self._smooth_fleet(z, distinct, inverse, by_occurrence(inverse, counts))
 
     def _smooth_fleet(self, z: np.ndarray, distinct: np.ndarray, inverse: np.ndarray,
                       by_occurrence: list[np.ndarray]) -> np.ndarray:
