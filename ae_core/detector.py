@@ -384,8 +384,9 @@ class AutoencoderDetector(AnomalyDetector):
         the other half from the current weights; the weights are put back afterwards.
 
         The optimizer's moments are not put back: they carry on through both fits and into the
-        one that follows. Restoring them for each fit moved every data set (SKAB F1 0.723 -> 0.647; ASD AUC-PR 0.209 -> 0.241; NAB 47.5 -> 52.5,
-        ``bench/quality.py``): a choice for leave-one-dataset-out with the other defaults.
+        one that follows. Restoring them for each fit moved every data set (``bench/quality.py``:
+        SKAB F1 0.723 -> 0.647; ASD AUC-PR 0.209 -> 0.241; NAB 47.5 -> 52.5): a choice for
+        leave-one-dataset-out together with the other defaults.
         """
         weights = copy.deepcopy(self.module.state_dict())
         half = len(rows) // 2
@@ -420,7 +421,7 @@ class AutoencoderDetector(AnomalyDetector):
         target = torch.from_numpy(self.scaler.transform(X).astype(np.float32))
         with torch.inference_mode():
             codes = self.module.encode(target)
-            logits = self.module.decoder(codes)
+            logits = self.module.decode(codes)
             recon = activate(logits, c.output_activation)
             errors = feature_errors(logits, target, c.resolved_loss, c.output_activation)
             return ((recon - target).numpy().astype(np.float64), errors.numpy().astype(np.float64),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 
 def activate(logits: torch.Tensor, output: str) -> torch.Tensor:
@@ -32,16 +33,30 @@ class Autoencoder(nn.Module):
         chain = [*self.encoder, *self.decoder]
         self.linears = [(layer, isinstance(after, nn.ReLU)) for layer, after in zip(chain, [*chain[1:], None])
                         if isinstance(layer, nn.Linear)]
+        self.depth = len(widths) - 1  # linear layers of the encoder
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Decoder output before the output activation."""
-        return self.decoder(self.encoder(x))
+        return self.decode(self.encode(x))
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         return activate(self.forward(x), self.output)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder(x)
+        return _run(self.linears[:self.depth], x)
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """Decoder logits of bottleneck codes."""
+        return _run(self.linears[self.depth:], codes)
+
+
+def _run(layers: list[tuple[nn.Linear, bool]], x: torch.Tensor) -> torch.Tensor:
+    # the layers' own arithmetic (F.linear, ReLU) without nn.Module's call machinery around each
+    for layer, relu in layers:
+        x = F.linear(x, layer.weight, layer.bias)
+        if relu:
+            x = torch.relu(x)
+    return x
 
 
 def _stack(widths: list[int], last_activation: bool) -> nn.Sequential:
