@@ -156,13 +156,13 @@ def run_worker(settings: Settings) -> tuple[float, str, float]:
     stages = {sample.labels["stage"]: sample.value for metric in worker.metrics.stage_seconds.collect()
               for sample in metric.samples if sample.name.endswith("_total")}
     per_event = "  ".join(f"{stage} {1e6 * seconds / stats.events:.1f}" for stage, seconds in stages.items())
-    return rate, (f"anomalies {stats.anomalies} ({100 * stats.anomalies / stats.events:.1f}%)\n"
-                  f"      time in batches (parse, score, learn, publish, commit): {100 * busy / span:.0f}%; "
-                  f"batch latency p50 {np.percentile(lat, 50):.1f} ms  p99 {np.percentile(lat, 99):.1f} ms  "
-                  f"({stats.batches} batches of {stats.events / stats.batches:.0f} events)\n"
-                  f"      us per event (ae_stage_seconds): {per_event}  other "
-                  f"{1e6 * span / stats.events - 1e6 * sum(stages.values()) / stats.events:.1f}",
-            1e6 * stages["detector"] / stats.events)
+    line = (f"anomalies {stats.anomalies} ({100 * stats.anomalies / stats.events:.1f}%)\n"
+            f"      time in batches (parse, score, learn, publish, commit): {100 * busy / span:.0f}%; "
+            f"batch latency p50 {np.percentile(lat, 50):.1f} ms  p99 {np.percentile(lat, 99):.1f} ms  "
+            f"({stats.batches} batches of {stats.events / stats.batches:.0f} events)\n"
+            f"      us per event (ae_stage_seconds): {per_event}  other "
+            f"{1e6 * span / stats.events - 1e6 * sum(stages.values()) / stats.events:.1f}")
+    return rate, line, 1e6 * stages["detector"] / stats.events
 
 
 def snapshot_cost(settings: Settings, X: np.ndarray) -> None:
