@@ -21,9 +21,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.kafka_throughput import bare_rate, fill  # noqa: E402
-from worker.kafka_io import ensure_topics  # noqa: E402
+from worker.kafka.kafka_io import ensure_topics  # noqa: E402
+from worker.replay.simulate import simulate  # noqa: E402
 from worker.settings import load_settings  # noqa: E402
-from worker.simulate import simulate  # noqa: E402
 
 
 def receiver(conn: Connection) -> None:

@@ -28,9 +28,9 @@ sys.path.insert(0, str(ROOT))
 from kafka import KafkaConsumer, TopicPartition  # noqa: E402
 
 from bench.kafka_throughput import fill  # noqa: E402
-from worker.kafka_io import ensure_topics  # noqa: E402
+from worker.kafka.kafka_io import ensure_topics  # noqa: E402
+from worker.replay.simulate import simulate  # noqa: E402
 from worker.settings import load_settings  # noqa: E402
-from worker.simulate import simulate  # noqa: E402
 
 PARTITIONS = 4
 

@@ -36,10 +36,10 @@ from kafka import KafkaConsumer, KafkaProducer  # noqa: E402
 from ae_core import AutoencoderDetector  # noqa: E402
 from ae_core.checkpoint import dumps, loads_with_metadata  # noqa: E402
 from worker.cli import settled_garbage_collector  # noqa: E402
-from worker.kafka_io import ensure_topics  # noqa: E402
-from worker.service import Worker  # noqa: E402
+from worker.kafka.kafka_io import ensure_topics  # noqa: E402
+from worker.kafka.service import Worker  # noqa: E402
+from worker.replay.simulate import channel_names, simulate  # noqa: E402
 from worker.settings import Settings, load_settings  # noqa: E402
-from worker.simulate import channel_names, simulate  # noqa: E402
 
 
 def fill(bootstrap: str, topic: str, X: np.ndarray, partitions: int = 1) -> None:

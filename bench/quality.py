@@ -26,15 +26,15 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ae_core import AutoencoderDetector  # noqa: E402
-from worker.evaluation import alert_report, average_precision, best_f1, flag_metrics  # noqa: E402
-from worker.pipeline import Replay, Trace  # noqa: E402
+from worker.replay.evaluation import alert_report, average_precision, best_f1, flag_metrics  # noqa: E402
+from worker.replay.pipeline import Replay, Trace  # noqa: E402
+from worker.replay.simulate import STRESS, stress  # noqa: E402
+from worker.replay.sinks import NullSink  # noqa: E402
+from worker.replay.sources import Recording  # noqa: E402
 from worker.settings import (
     DetectorSettings,  # noqa: E402
     InputSettings,
 )
-from worker.simulate import STRESS, stress  # noqa: E402
-from worker.sinks import NullSink  # noqa: E402
-from worker.sources import Recording  # noqa: E402
 
 SKAB_INPUT = InputSettings(sep=";", time_column="datetime", label_column="anomaly", ignore_columns=("changepoint",))
 

@@ -3,7 +3,7 @@
     .venv/bin/python bench/recurring.py [--events 20000] [--seeds 1,2,3]
 
 A few rare operating points come back again and again among normal operation (about 6% of rows,
-see :func:`worker.simulate.recurring`). Their readings stay consistent with each other, so a
+see :func:`worker.replay.simulate.recurring`). Their readings stay consistent with each other, so a
 network that has seen them reconstructs them: reconstruction error alone comes to score them as
 normal, and the density signal (``density_weight``, :mod:`ae_core.density`) is what keeps them
 rare. Prints the ROC-AUC and AUC-PR of the scores after warm-up, averaged over the seeds, for:
@@ -28,9 +28,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ae_core import AutoencoderDetector  # noqa: E402
-from worker.evaluation import average_precision, roc_auc  # noqa: E402
+from worker.replay.evaluation import average_precision, roc_auc  # noqa: E402
+from worker.replay.simulate import recurring  # noqa: E402
 from worker.settings import DetectorSettings  # noqa: E402
-from worker.simulate import recurring  # noqa: E402
 
 MODELS = {
     "ae-worker, density_weight=1": {"density_weight": 1.0},

@@ -38,8 +38,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from worker.evaluation import roc_auc  # noqa: E402
-from worker.simulate import channel_names, simulate  # noqa: E402
+from worker.replay.evaluation import roc_auc  # noqa: E402
+from worker.replay.simulate import channel_names, simulate  # noqa: E402
 
 JUDGED_FROM = 1000
 QUANTILE = 0.98

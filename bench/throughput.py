@@ -33,12 +33,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ae_core import AutoencoderDetector, DetectorConfig  # noqa: E402
 from worker.cli import settled_garbage_collector  # noqa: E402
-from worker.pipeline import Replay  # noqa: E402
+from worker.replay.pipeline import Replay  # noqa: E402
+from worker.replay.simulate import simulate, write_recording  # noqa: E402
+from worker.replay.sinks import JsonLinesSink  # noqa: E402
+from worker.replay.sources import Recording, RowBatch  # noqa: E402
 from worker.results import RunSummary  # noqa: E402
 from worker.settings import DetectorSettings, InputSettings  # noqa: E402
-from worker.simulate import simulate, write_recording  # noqa: E402
-from worker.sinks import JsonLinesSink  # noqa: E402
-from worker.sources import Recording, RowBatch  # noqa: E402
 
 CHUNK = 4096
 

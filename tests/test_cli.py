@@ -237,7 +237,7 @@ def test_evaluate_plots_a_single_row(recording: Path, tmp_path: Path, capsys) ->
 def test_plots_take_scores_a_log_scale_cannot_show(tmp_path: Path) -> None:
     import numpy as np
 
-    from worker.plotting import plot_replay
+    from worker.replay.plotting import plot_replay
 
     index = np.arange(4)
     for score in (np.array([0.0, 1.0, 2.0, 0.5]), np.full(4, np.nan), np.array([-1.0, 0.0, np.nan, 3.0])):
@@ -331,7 +331,7 @@ def test_plots_mark_alerts_and_new_normals_on_the_recordings_time_axis(tmp_path:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from worker import plotting
+    from worker.replay import plotting
 
     times = np.array(["2026-01-01T00:00:00Z", "2026-01-01T00:01:00Z", "2026-01-01 00:02:00"], dtype=object)
     parsed = plotting.time_axis(times, 3)

@@ -27,7 +27,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from ae_core import AutoencoderDetector
 from tests.conftest import ROOT, broker_port, free_port
 from tests.test_kafka_worker import committed, read_topic, run_cli, settings, wait_for_partitions
-from worker.service import Worker
+from worker.kafka.service import Worker
 from worker.settings import Settings
 
 pytestmark = pytest.mark.kafka

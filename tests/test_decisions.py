@@ -9,8 +9,8 @@ from ae_core import AutoencoderDetector, DetectorConfig
 from ae_core.checkpoint import dumps, loads
 from ae_core.episodes import EpisodeTracker
 from ae_core.scoring import QUIET_SCORE
-from worker.evaluation import roc_auc
-from worker.simulate import recurring, stress
+from worker.replay.evaluation import roc_auc
+from worker.replay.simulate import recurring, stress
 
 EVENTS, MIDDLE = 6000, 3000
 
@@ -146,7 +146,7 @@ def test_episode_invariants_with_several_keys() -> None:
 
 
 def test_episode_metrics_count_pages() -> None:
-    from worker.evaluation import episode_metrics
+    from worker.replay.evaluation import episode_metrics
 
     labels = np.array([0, 1, 1, 1, 0, 0, 1, 1, 0, 0], dtype=float)
     alerts = np.array([1, 0, 1, 0, 0, 0, 0, 0, 1, 0], dtype=bool)
@@ -156,7 +156,7 @@ def test_episode_metrics_count_pages() -> None:
 
 
 def test_tail_rows_count_the_flags_an_anomaly_leaves_behind() -> None:
-    from worker.evaluation import tail_rows
+    from worker.replay.evaluation import tail_rows
 
     labels = np.array([0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0], dtype=float)
     flags = np.array([0, 1, 1, 1, 1, 0, 1, 0, 0, 0, 0, 1], dtype=bool)
@@ -165,7 +165,7 @@ def test_tail_rows_count_the_flags_an_anomaly_leaves_behind() -> None:
 
 
 def test_alert_report_pools_recordings_judged_apart() -> None:
-    from worker.evaluation import alert_report
+    from worker.replay.evaluation import alert_report
 
     first = (np.array([0, 1, 1, 0.0]), np.array([0, 1, 1, 0], dtype=bool), np.array([0, 2, 2, 0.0]),
              np.array([0, 1, 0, 0], dtype=bool))

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from worker.events import EventError, EventParser, infer_channels
+from worker.kafka.events import EventError, EventParser, infer_channels
 
 
 def dumps(obj: object) -> bytes:

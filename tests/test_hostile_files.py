@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import ROOT
 from worker.cli import main
-from worker.simulate import simulate, write_recording
+from worker.replay.simulate import simulate, write_recording
 
 ROWS = 1200
 

@@ -15,8 +15,8 @@ from kafka.admin import NewTopic
 from ae_core import AutoencoderDetector
 from ae_core.checkpoint import dumps
 from tests.test_kafka_worker import committed, read_topic, settings
-from worker.partition_state import LogBounds, Snapshot, StateStore
-from worker.service import Worker
+from worker.kafka.partition_state import LogBounds, Snapshot, StateStore
+from worker.kafka.service import Worker
 from worker.settings import Settings
 
 pytestmark = pytest.mark.kafka
@@ -225,7 +225,7 @@ def test_a_batch_the_client_cannot_decode_stops_the_worker_with_one_clear_error(
     from kafka import codec
 
     from worker.errors import WorkerError
-    from worker.kafka_io import check_codecs
+    from worker.kafka.kafka_io import check_codecs
 
     s = with_channels(settings(kafka, topic_prefix))
     create_topic(kafka, f"{topic_prefix}-in")
@@ -238,7 +238,7 @@ def test_a_batch_the_client_cannot_decode_stops_the_worker_with_one_clear_error(
     monkeypatch.setattr(codec, "has_snappy", lambda: False)
     with pytest.raises(WorkerError, match="cannot decode snappy compressed records"):
         check_codecs()
-    monkeypatch.setattr("worker.service.check_codecs", lambda: None)
+    monkeypatch.setattr("worker.kafka.service.check_codecs", lambda: None)
     with pytest.raises(WorkerError, match=r"cannot be decoded: .*snappy.*nothing past it was committed"):
         Worker(s).run()
     assert committed(kafka, f"{topic_prefix}-group", TopicPartition(f"{topic_prefix}-in", 0)) is None

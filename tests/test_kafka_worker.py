@@ -19,12 +19,12 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from ae_core import AutoencoderDetector
 from tests.conftest import ROOT, free_port
-from worker.kafka_io import rejoin_if_orphaned, subscribe
-from worker.service import Worker
+from worker.kafka.kafka_io import rejoin_if_orphaned, subscribe
+from worker.kafka.service import Worker
+from worker.kafka.transfer import produce
+from worker.replay.simulate import channel_names, simulate, write_recording
+from worker.replay.sources import Recording
 from worker.settings import InputSettings, Settings, load_settings
-from worker.simulate import channel_names, simulate, write_recording
-from worker.sources import Recording
-from worker.transfer import produce
 
 pytestmark = pytest.mark.kafka
 
@@ -167,7 +167,7 @@ def test_malformed_events_go_to_the_dead_letter_topic(kafka: str, topic_prefix: 
     s = settings(kafka, topic_prefix)
     s = s.model_copy(update={"events": s.events.model_copy(update={"max_event_bytes": 4096})})
     producer = KafkaProducer(bootstrap_servers=kafka)
-    from worker.kafka_io import ensure_topics
+    from worker.kafka.kafka_io import ensure_topics
 
     ensure_topics(s.kafka, [f"{topic_prefix}-in"], create=True)
     rng = np.random.default_rng(0)
@@ -244,7 +244,7 @@ def test_sigterm_commits_and_a_restart_continues_without_gap(kafka: str, topic_p
 
 def test_two_workers_split_the_partitions_and_process_every_event(kafka: str, topic_prefix: str) -> None:
     s = settings(kafka, topic_prefix, topic_partitions=4, service={"idle_timeout": 8})
-    from worker.kafka_io import ensure_topics
+    from worker.kafka.kafka_io import ensure_topics
 
     ensure_topics(s.kafka, [f"{topic_prefix}-in"], create=True)
     wait_for_partitions(kafka, f"{topic_prefix}-in", 4)
@@ -290,7 +290,7 @@ def test_idle_timeout_counts_only_while_partitions_are_assigned(kafka: str, topi
     # the range assignor gives the one partition to the member whose id sorts first; member ids
     # start with the client id, so the owner keeps it and the spare waits
     s = settings(kafka, topic_prefix, client_id="a-owner", service={"idle_timeout": 30})
-    from worker.kafka_io import ensure_topics
+    from worker.kafka.kafka_io import ensure_topics
 
     ensure_topics(s.kafka, [f"{topic_prefix}-in"], create=True)  # one partition: one owner
     owner = Worker(s)
@@ -330,7 +330,7 @@ def test_a_failed_publish_stops_the_worker_before_the_commit(kafka: str, topic_p
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
 
-    from worker.service import PublishError
+    from worker.kafka.service import PublishError
 
     admin = KafkaAdminClient(bootstrap_servers=kafka)
     # the broker rejects every anomaly record: larger than the output topic allows
@@ -385,7 +385,7 @@ def test_produce_keeps_the_recording_pace_times_the_speed(kafka: str, topic_pref
 
 def test_a_worker_joining_mid_stream_loses_and_repeats_nothing(kafka: str, topic_prefix: str) -> None:
     s = settings(kafka, topic_prefix, topic_partitions=4, max_poll_records=50, service={"idle_timeout": 6})
-    from worker.kafka_io import ensure_topics
+    from worker.kafka.kafka_io import ensure_topics
 
     ensure_topics(s.kafka, [f"{topic_prefix}-in"], create=True)
     total = 12_000
@@ -553,7 +553,7 @@ def test_a_corrupt_snapshot_is_refused_and_the_partition_rebuilt(kafka: str, top
 
 def test_snapshots_larger_than_a_broker_message_go_through_the_changelog(kafka: str, topic_prefix: str,
                                                                         tmp_path: Path) -> None:
-    from worker.partition_state import LogBounds, StateStore
+    from worker.kafka.partition_state import LogBounds, StateStore
 
     s = settings(kafka, topic_prefix, detector={"window": 25}, service={"idle_timeout": 3})
     rec = recording_file(tmp_path, 1200, seed=11)
@@ -600,7 +600,7 @@ def test_oversized_values_and_keys_are_dead_lettered_without_jamming_the_partiti
 
 def test_keys_beyond_max_keys_are_forgotten_and_counted(kafka: str, topic_prefix: str) -> None:
     s = settings(kafka, topic_prefix, detector={"max_keys": 8, "warmup": 64, "batch_size": 32})
-    from worker.kafka_io import ensure_topics
+    from worker.kafka.kafka_io import ensure_topics
 
     ensure_topics(s.kafka, [f"{topic_prefix}-in"], create=True)
     producer = KafkaProducer(bootstrap_servers=kafka)
@@ -632,7 +632,7 @@ def test_partitions_added_to_the_input_topic_are_picked_up(kafka: str, topic_pre
     topic created just before), is assigned within seconds, not minutes."""
     from kafka.admin import KafkaAdminClient, NewPartitions
 
-    from worker.kafka_io import ensure_topics
+    from worker.kafka.kafka_io import ensure_topics
 
     s = settings(kafka, topic_prefix, service={"idle_timeout": 120})
     ensure_topics(s.kafka, [f"{topic_prefix}-in"], create=True)

@@ -12,8 +12,8 @@ from prometheus_client import generate_latest
 
 from tests.conftest import ROOT
 from tests.test_kafka_worker import settings
-from worker.kafka_io import ensure_topics
-from worker.service import Worker
+from worker.kafka.kafka_io import ensure_topics
+from worker.kafka.service import Worker
 
 
 def named_metrics() -> set[str]:

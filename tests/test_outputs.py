@@ -6,8 +6,8 @@ from types import SimpleNamespace
 
 import orjson
 
-from worker.events import EventError, ParsedEvent
-from worker.outputs import DLQ_MAX_HEADER_BYTES, RECORD_MAX_BYTES, anomaly_record, dead_letter
+from worker.kafka.events import EventError, ParsedEvent
+from worker.kafka.outputs import DLQ_MAX_HEADER_BYTES, RECORD_MAX_BYTES, anomaly_record, dead_letter
 
 KAFKA_LIMIT = 1_048_588  # the broker's default max.message.bytes
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from ae_core import AutoencoderDetector, DetectorConfig
-from worker.evaluation import flag_metrics, roc_auc
-from worker.simulate import simulate
+from worker.replay.evaluation import flag_metrics, roc_auc
+from worker.replay.simulate import simulate
 
 
 def test_default_detector_separates_injected_anomalies() -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from worker.replay.sources import Recording, RowBatch
 from worker.settings import InputSettings
-from worker.sources import Recording, RowBatch
 
 OPTIONS = InputSettings(time_column="ts", key_column="device", label_column="anomaly")
 

@@ -7,8 +7,8 @@ import pytest
 from river import anomaly, checks, compose, preprocessing
 
 from ae_core import AutoencoderDetector, DetectorConfig
-from worker.evaluation import roc_auc
-from worker.simulate import channel_names, simulate
+from worker.replay.evaluation import roc_auc
+from worker.replay.simulate import channel_names, simulate
 
 
 def labelled_stream(n: int, seed: int, features: int = 6) -> list[tuple[dict[str, float], bool]]:

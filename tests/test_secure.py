@@ -21,7 +21,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from tests.conftest import ROOT
 from tests.test_crash_equivalence import CHANNELS
 from tests.test_kafka_worker import read_topic, run_cli
-from worker.simulate import simulate
+from worker.replay.simulate import simulate
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(600)]
 SCRIPT = str(ROOT / "scripts" / "kafka" / "secure.sh")

@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from worker.errors import SettingsError
-from worker.kafka_io import connection_config
+from worker.kafka.kafka_io import connection_config
 from worker.settings import load_settings
 
 

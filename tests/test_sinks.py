@@ -8,7 +8,7 @@ import numpy as np
 import orjson
 import pytest
 
-from worker.sinks import json_lines
+from worker.replay.sinks import json_lines
 
 
 def one_call_per_row(rows: list[dict]) -> bytes:
@@ -44,7 +44,7 @@ def test_rows_of_one_leading_key_take_one_orjson_call(monkeypatch: pytest.Monkey
         calls.append(obj)
         return orjson.dumps(obj, option=option)
 
-    monkeypatch.setattr("worker.sinks.orjson", types.SimpleNamespace(
+    monkeypatch.setattr("worker.replay.sinks.orjson", types.SimpleNamespace(
         dumps=dumps, OPT_SERIALIZE_NUMPY=orjson.OPT_SERIALIZE_NUMPY))
     assert json_lines(ROWS) == one_call_per_row(ROWS)
     assert [c for c in calls if c is ROWS] == [ROWS] and len(calls) == 2  # the rows, and the key

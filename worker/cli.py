@@ -13,11 +13,11 @@ from typing import Any, Literal, get_args, get_origin
 from kafka.errors import KafkaError
 
 from ae_core import AECoreError
-from worker.access import explain
 from worker.errors import SettingsError, WorkerError
+from worker.kafka.access import explain
 from worker.logs import configure_logging
+from worker.replay.simulate import STRESS
 from worker.settings import DetectorSettings, Settings, load_settings
-from worker.simulate import STRESS
 
 logger = logging.getLogger(__name__)
 
@@ -229,7 +229,7 @@ def settled_garbage_collector() -> Iterator[None]:
 
 
 def refused(exc: BaseException, settings: Settings | None) -> str | None:
-    """A missing ACL behind ``exc``, told as who may not do what (:func:`worker.access.explain`)."""
+    """A missing ACL behind ``exc``, told as who may not do what (:func:`worker.kafka.access.explain`)."""
     return None if settings is None else explain(exc, settings.kafka)
 
 

@@ -13,17 +13,17 @@ import orjson
 
 from ae_core import load_detector, save_detector
 from worker.errors import InputFormatError
-from worker.evaluation import evaluate as quality
-from worker.pipeline import Replay, Trace
-from worker.plotting import plot_replay
+from worker.replay.evaluation import evaluate as quality
+from worker.replay.pipeline import Replay, Trace
+from worker.replay.plotting import plot_replay
+from worker.replay.simulate import recurring as recurring_faults
+from worker.replay.simulate import simulate as make_recording
+from worker.replay.simulate import stress as stress_stream
+from worker.replay.simulate import write_recording
+from worker.replay.sinks import JsonLinesSink, NullSink
+from worker.replay.sources import CSV_SEPARATORS, LABEL_NAMES, TIME_NAMES, Recording
 from worker.results import RunSummary
 from worker.settings import Settings
-from worker.simulate import recurring as recurring_faults
-from worker.simulate import simulate as make_recording
-from worker.simulate import stress as stress_stream
-from worker.simulate import write_recording
-from worker.sinks import JsonLinesSink, NullSink
-from worker.sources import CSV_SEPARATORS, LABEL_NAMES, TIME_NAMES, Recording
 
 logger = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     import signal
     import threading
 
-    from worker.service import Worker
+    from worker.kafka.service import Worker
 
     stop = threading.Event()
 
@@ -155,7 +155,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def produce(args: argparse.Namespace, settings: Settings) -> int:
-    from worker.transfer import produce as send_recording
+    from worker.kafka.transfer import produce as send_recording
 
     recording = Recording(args.input, settings.input)
     print(recording.describe(), file=sys.stderr)
@@ -167,7 +167,7 @@ def produce(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def record(args: argparse.Namespace, settings: Settings) -> int:
-    from worker.transfer import record as write_topic
+    from worker.kafka.transfer import record as write_topic
 
     written = write_topic(settings.kafka, args.topic, Path(args.output), args.max_events, args.record_idle_timeout,
                           settings.service.start_timeout)

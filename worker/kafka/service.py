@@ -2,10 +2,10 @@
 
 Per mini-batch, in a fixed order: poll -> score and decide per partition -> send anomalies and
 dead letters -> snapshot partitions (when due) -> commit the consumed offsets, at least once or in
-one transaction (:mod:`worker.delivery`). A failed batch is aborted and its partitions rewound to
+one transaction (:mod:`worker.kafka.delivery`). A failed batch is aborted and its partitions rewound to
 the last committed state; a broker outage is waited out (``/readyz`` answers 503 meanwhile). A
 newly assigned partition restores its latest snapshot and re-processes, publishing nothing, the
-events between that snapshot and the committed offset (:mod:`worker.partition_state`).
+events between that snapshot and the committed offset (:mod:`worker.kafka.partition_state`).
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from kafka import ConsumerRebalanceListener, TopicPartition
 from kafka.errors import CorruptRecordError, KafkaError, UnsupportedCodecError
 from kafka.structs import OffsetAndMetadata
 
-from worker.delivery import BatchFailed, PublishError, make_delivery, patiently, retriable
 from worker.errors import WorkerError
-from worker.events import EventError
-from worker.kafka_io import (
+from worker.kafka.delivery import BatchFailed, PublishError, make_delivery, patiently, retriable
+from worker.kafka.events import EventError
+from worker.kafka.kafka_io import (
     check_codecs,
     ensure_topics,
     make_consumer,
@@ -34,10 +34,10 @@ from worker.kafka_io import (
     subscribe,
     wait_for_broker,
 )
+from worker.kafka.outputs import anomaly_record, dead_letter
+from worker.kafka.partition_state import SNAPSHOT_MAX_BYTES, PartitionState
+from worker.kafka.partitions import Partitions
 from worker.observability import HealthServer, Metrics
-from worker.outputs import anomaly_record, dead_letter
-from worker.partition_state import SNAPSHOT_MAX_BYTES, PartitionState
-from worker.partitions import Partitions
 from worker.results import result_records
 from worker.settings import Settings
 

@@ -36,8 +36,8 @@ from kafka.errors import (
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from worker.errors import WorkerError
-from worker.kafka_io import make_producer
-from worker.outputs import Outgoing
+from worker.kafka.kafka_io import make_producer
+from worker.kafka.outputs import Outgoing
 from worker.settings import KafkaSettings
 
 logger = logging.getLogger(__name__)

@@ -12,9 +12,9 @@ from typing import Any
 import orjson
 from kafka import TopicPartition
 
-from worker.kafka_io import TopicMissingError, ensure_topics, make_consumer, make_producer, wait_for_broker
+from worker.kafka.kafka_io import TopicMissingError, ensure_topics, make_consumer, make_producer, wait_for_broker
+from worker.replay.sources import Recording, parse_reading
 from worker.settings import KafkaSettings
-from worker.sources import Recording, parse_reading
 
 logger = logging.getLogger(__name__)
 

@@ -11,10 +11,10 @@ import numpy as np
 
 from ae_core import AutoencoderDetector
 from worker.errors import InputFormatError
+from worker.replay.sinks import JsonLinesSink
+from worker.replay.sources import Recording, RowBatch
 from worker.results import RunSummary, result_records
 from worker.settings import DetectorSettings
-from worker.sinks import JsonLinesSink
-from worker.sources import Recording, RowBatch
 
 logger = logging.getLogger(__name__)
 

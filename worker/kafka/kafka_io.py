@@ -13,8 +13,8 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from worker.access import connection_failures, refusal
 from worker.errors import WorkerError
+from worker.kafka.access import connection_failures, refusal
 from worker.settings import KafkaSettings
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def wait_for_broker(k: KafkaSettings, stop: threading.Event, timeout: float | No
     """Until a bootstrap server answers: one log line per attempt (every few seconds), ``waiting``
     told each time. False when ``stop`` was set meanwhile; :class:`BrokerUnavailableError` after
     ``timeout`` seconds (None: no limit). Errors that waiting cannot mend are raised at once: bad
-    settings, and (:class:`~worker.access.AccessError`) a refused password or an untrusted certificate."""
+    settings, and (:class:`~worker.kafka.access.AccessError`) a refused password or an untrusted certificate."""
     started = time.monotonic()
     deadline = None if timeout is None else started + timeout
     attempt = 0

@@ -4,7 +4,7 @@ Each snapshot is a checkpoint (:mod:`ae_core.checkpoint`: versioned, checksummed
 of one input partition's detector, with the input offset it reflects (``next_offset``), keyed by
 ``topic/partition`` in a compacted topic (``<group_id>-state`` unless set). On assignment a worker,
 on any machine, restores the latest snapshot; the loop then rebuilds what happened after it
-(see :class:`worker.service.Worker`). A local ``state_dir`` stays as a cache: of the two, the one
+(see :class:`worker.kafka.service.Worker`). A local ``state_dir`` stays as a cache: of the two, the one
 further ahead wins. A corrupt snapshot in the changelog is refused (logged, counted) and the
 partition is rebuilt from its first offset; a corrupt local file stops the worker, as before.
 
@@ -31,9 +31,9 @@ from kafka.errors import TopicAlreadyExistsError
 
 from ae_core import AutoencoderDetector, CheckpointError, SignatureError
 from ae_core.checkpoint import dumps, load_detector_with_metadata, loads_with_metadata, write_blob
-from worker.kafka_io import connection_config, replication
+from worker.kafka.kafka_io import connection_config, replication
+from worker.kafka.outputs import Outgoing
 from worker.observability import Metrics
-from worker.outputs import Outgoing
 from worker.settings import Settings
 
 logger = logging.getLogger(__name__)

@@ -17,10 +17,10 @@ from kafka import TopicPartition
 
 from ae_core import AutoencoderDetector
 from worker.errors import SettingsError, WorkerError
-from worker.events import EventParser, infer_channels
+from worker.kafka.events import EventParser, infer_channels
+from worker.kafka.outputs import Outgoing
+from worker.kafka.partition_state import LogBounds, PartitionState, Snapshot, StateStore
 from worker.observability import Metrics
-from worker.outputs import Outgoing
-from worker.partition_state import LogBounds, PartitionState, Snapshot, StateStore
 from worker.settings import Settings
 
 logger = logging.getLogger(__name__)

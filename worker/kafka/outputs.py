@@ -1,7 +1,7 @@
 """What the worker publishes: anomaly records for the output topic, dead letters for the DLQ.
 
 Each builder returns an :class:`Outgoing` (topic, key, value, headers) and sends nothing, so the
-delivery mode (:mod:`worker.delivery`) decides how a batch's records reach the broker.
+delivery mode (:mod:`worker.kafka.delivery`) decides how a batch's records reach the broker.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from worker.events import EventError, ParsedEvent
+from worker.kafka.events import EventError, ParsedEvent
 
 # Every record must fit its topic (Kafka's max.message.bytes: 1 MB by default, key and headers
 # included), whatever the input record held: a record the broker refuses would stop the worker

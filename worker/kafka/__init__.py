@@ -1,0 +1,1 @@
+"""The Kafka service: consuming, parsing, scoring per partition, publishing, committing, partition state."""
