@@ -4,12 +4,12 @@ The network is small (tens of units) and so are its mini-batches, so a step's ti
 framework's cost per operation, not to arithmetic: autograd records a graph node per operation
 and walks it back through its engine, and that costs more than the matrix products themselves
 (a forward and backward pass on 512 events of 8 features: 0.86 ms through autograd, 0.41 ms here,
-one thread). The chain rule here calls the kernels autograd's backward formulas call, on the same
-operands in the same layout: ``addmm`` forward; the weight gradient as ``(input^T @ grad)^T``,
-the bias gradient as ``grad.sum(0)``, the input gradient as ``grad @ W``; ReLU's and the
-sigmoid's own backward kernels; the loss gradient as autograd's formulas compute it. So the
-gradients equal autograd's to the bit (``tests/test_backprop.py`` holds every loss and output to
-it), and so does everything the detector learns.
+one thread). The chain rule here calls the kernels autograd's backward formulas call, on the
+same operands in the same layout: the forward pass as ``F.linear`` (``addmm``); the weight
+gradient as ``(input^T @ grad)^T``, the bias gradient as ``grad.sum(0)``, the input gradient as
+``grad @ W``; ReLU's and the sigmoid's own backward kernels; the loss gradient as autograd's
+formulas compute it. So the gradients equal autograd's to the bit (``tests/test_backprop.py``
+holds every loss and output to it), and so does everything the detector learns.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from ae_core.losses import feature_errors
-from ae_core.network import Autoencoder
+from ae_core.network import Autoencoder, run_layers
 
 
 @torch.no_grad()
@@ -26,12 +26,8 @@ def set_gradients(module: Autoencoder, inputs: torch.Tensor, target: torch.Tenso
     """The mean reconstruction error of ``inputs`` against ``target`` (the loss of the step);
     each parameter's ``.grad`` set to its gradient."""
     layers = module.linears
-    seen, h = [], inputs
-    for layer, relu in layers:
-        seen.append(h)
-        h = torch.addmm(layer.bias, h, layer.weight.t())
-        if relu:
-            h = torch.relu(h)
+    seen: list[torch.Tensor] = []
+    h = run_layers(layers, inputs, seen)
     errors = feature_errors(h, target, loss, output)
     grad = _loss_gradient(h, target, loss, output, 1.0 / errors.numel())
     for k in range(len(layers) - 1, -1, -1):
@@ -54,7 +50,6 @@ def _loss_gradient(logits: torch.Tensor, target: torch.Tensor, loss: str, output
         outputs = torch.sigmoid(logits)
         return torch.ops.aten.sigmoid_backward((2.0 * (outputs - target)) * per_element, outputs)
     return (2.0 * (logits - target)) * per_element
-
 
 
 def adam_step(optimizer: torch.optim.Adam) -> None:

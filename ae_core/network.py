@@ -29,11 +29,19 @@ class Autoencoder(nn.Module):
         widths = [n_features, *hidden, bottleneck]
         self.encoder = _stack(widths, last_activation=False)
         self.decoder = _stack(widths[::-1], last_activation=False)
-        # every linear layer in order, and whether a ReLU follows it (for ae_core.backprop)
+        self._index_layers()
+
+    def _index_layers(self) -> None:
+        # every linear layer in order, and whether a ReLU follows it; the first `depth` encode
         chain = [*self.encoder, *self.decoder]
         self.linears = [(layer, isinstance(after, nn.ReLU)) for layer, after in zip(chain, [*chain[1:], None])
                         if isinstance(layer, nn.Linear)]
-        self.depth = len(widths) - 1  # linear layers of the encoder
+        self.depth = sum(isinstance(layer, nn.Linear) for layer in self.encoder)
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        super().__setstate__(state)
+        if "linears" not in self.__dict__:  # pickled before the layers were indexed
+            self._index_layers()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Decoder output before the output activation."""
@@ -43,16 +51,20 @@ class Autoencoder(nn.Module):
         return activate(self.forward(x), self.output)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return _run(self.linears[:self.depth], x)
+        return run_layers(self.linears[:self.depth], x)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """Decoder logits of bottleneck codes."""
-        return _run(self.linears[self.depth:], codes)
+        return run_layers(self.linears[self.depth:], codes)
 
 
-def _run(layers: list[tuple[nn.Linear, bool]], x: torch.Tensor) -> torch.Tensor:
-    # the layers' own arithmetic (F.linear, ReLU) without nn.Module's call machinery around each
+def run_layers(layers: list[tuple[nn.Linear, bool]], x: torch.Tensor,
+               inputs: list[torch.Tensor] | None = None) -> torch.Tensor:
+    """The layers' own arithmetic (``F.linear``, ReLU) without ``nn.Module``'s call machinery
+    around each; with ``inputs``, each layer's input is appended to it (for the backward pass)."""
     for layer, relu in layers:
+        if inputs is not None:
+            inputs.append(x)
         x = F.linear(x, layer.weight, layer.bias)
         if relu:
             x = torch.relu(x)
