@@ -29,15 +29,10 @@ def groups(keys: np.ndarray) -> list[tuple[str, np.ndarray]]:
     return [(str(ordered[start]), idx) for start, idx in zip(np.r_[0, cuts].tolist(), np.split(order, cuts))]
 
 
-def occurrences(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(distinct keys sorted, each row's index into them, each key's row count)``."""
-    return np.unique(keys, return_inverse=True, return_counts=True)  # type: ignore[no-any-return]
-
-
 def by_occurrence(inverse: np.ndarray, counts: np.ndarray) -> list[np.ndarray]:
     """For r = 0, 1, ...: the rows that are their key's r-th in the batch (in key order), so a
     recursion over each key's rows runs as one vectorised step per occurrence (``inverse`` and
-    ``counts`` from :func:`occurrences`)."""
+    ``counts`` as ``np.unique(keys, return_inverse=True, return_counts=True)`` gives them)."""
     order = np.argsort(inverse, kind="stable")
     rank = np.empty(len(inverse), dtype=np.int64)
     rank[order] = np.arange(len(inverse)) - np.repeat(np.cumsum(counts) - counts, counts)

@@ -32,7 +32,7 @@ import math
 import numpy as np
 from scipy.signal import lfilter
 
-from ae_core.keys import by_occurrence, occurrences, per_key
+from ae_core.keys import by_occurrence, per_key
 from ae_core.scaling import OnlineScaler
 
 # Smallest residual spread, in scaled input units (standard deviations, or the [0, 1] range).
@@ -79,7 +79,7 @@ class ResidualScorer:
             return z
         if keys is None:
             return self._smooth_key("", z)
-        distinct, inverse, counts = occurrences(keys)
+        distinct, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
         if counts.max() > len(distinct):  # (the split by occurrence is costly: only when it is used)
             return per_key(z, keys, self._smooth_key, z.shape[1])
         return self._smooth_fleet(z, distinct, inverse, by_occurrence(inverse, counts))

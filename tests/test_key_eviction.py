@@ -93,7 +93,7 @@ def test_bad_eviction_settings_fail_naming_the_setting(name: str, value: str, mo
 def test_fleet_smoothing_equals_the_per_key_filter_to_the_bit() -> None:
     """Many keys run one vectorised step per occurrence, few keys a filter per key: the choice
     depends on how a batch is cut, so both must give the same bits."""
-    from ae_core.keys import by_occurrence, occurrences, per_key
+    from ae_core.keys import by_occurrence, per_key
     from ae_core.scoring import ResidualScorer
 
     rng = np.random.default_rng(0)
@@ -105,7 +105,7 @@ def test_fleet_smoothing_equals_the_per_key_filter_to_the_bit() -> None:
         for key in set(keys[: n // 2].tolist()):  # some keys continue from an earlier state
             fleet.state[key] = rng.normal(size=4)
             one_by_one.state[key] = fleet.state[key].copy()
-        distinct, inverse, counts = occurrences(keys)
+        distinct, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
         a = fleet._smooth_fleet(z, distinct, inverse, by_occurrence(inverse, counts))
         b = per_key(z, keys, one_by_one._smooth_key, 4)
         np.testing.assert_array_equal(a, b)
