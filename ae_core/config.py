@@ -61,6 +61,7 @@ class DetectorConfig:
     threshold_margin: float = 1.5
     threshold_window: int = 4096
     episode_quiet: int = 20
+    episode_hold: float | None = None
     adapt_after: int | None = 300
     accept_plateau: int | None = 120
     adapt_steps: int = 8
@@ -88,6 +89,8 @@ class DetectorConfig:
         if not 0 < self.smoothing <= 1:
             raise ConfigError("smoothing", f"must be in (0, 1], got {self.smoothing}")
         _positive("episode_quiet", self.episode_quiet)
+        if self.episode_hold is not None and not 0 < self.episode_hold <= 1:
+            raise ConfigError("episode_hold", f"must be in (0, 1] (a share of the threshold), got {self.episode_hold}")
         if self.key_ttl is not None:
             _positive("key_ttl", self.key_ttl)
         if self.max_keys is not None:

@@ -291,7 +291,11 @@ class AutoencoderDetector(AnomalyDetector):
         score = np.where(live, self.scorer.aggregate(deviations), np.nan)
         threshold = np.where(live, np.nan if limit is None else limit, np.nan)
         flags = live & (score > threshold)
-        episodes = self.episodes.update(flags, score, keys)
+        hold = None if limit is None or c.episode_hold is None else max(c.episode_hold * limit, QUIET_SCORE)
+        episodes = self.episodes.update(flags, score, keys, hold)
+        if hold is not None:  # an open episode's events are judged against the hold level
+            flags |= episodes.held
+            threshold = np.where(episodes.held_level, hold, threshold)
         if episodes.accepted.any():
             self.regime_changes += int(episodes.accepted.sum())
             logger.info("episode(s) %s lasted adapt_after=%s events: accepting a new normal",

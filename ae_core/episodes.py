@@ -19,6 +19,12 @@ changing*: its last P events all flagged and the mean log score of their second 
 new load after an incident). A fault whose score keeps moving (a drift that grows, flags that
 come and go) is still reported until ``adapt_after``. With ``adapt_after=None`` nothing is accepted,
 plateaus included.
+
+With a ``hold`` level (hysteresis), an event of a key whose episode is open and not accepted is
+flagged when its score exceeds that lower level, not only the threshold: a fault whose score dips
+between its peaks stays one run of flags instead of flickering. The caller passes the level per
+segment (it moves only at batch ends); the update says which events were judged against it
+(``held_level``) and which it flagged that the threshold alone would not (``held``).
 """
 
 from __future__ import annotations
@@ -50,14 +56,16 @@ class ClosedEpisode:
 @dataclass
 class EpisodeUpdate:
     """Per event of a segment: its open episode (or -1), whether it is the alert, the episode it
-    closed (or -1), whether a new normal was accepted at it, and whether it is learned although
-    flagged (it belongs to an accepted episode)."""
+    closed (or -1), whether a new normal was accepted at it, whether it is learned although
+    flagged (it belongs to an accepted episode), and what the hold level did to it."""
 
     episode: np.ndarray
     alert: np.ndarray
     closed: np.ndarray
     accepted: np.ndarray
     adapting: np.ndarray
+    held_level: np.ndarray  # judged against the hold level: its key's episode was open and not accepted
+    held: np.ndarray  # flagged by the hold level alone
     closed_episodes: dict[int, ClosedEpisode] = field(default_factory=dict)  # row -> what it closed
 
 
@@ -87,10 +95,14 @@ class EpisodeTracker:
         self.open: dict[str, _Open] = {}
         self.next_id = 0
 
-    def update(self, flags: np.ndarray, scores: np.ndarray, keys: np.ndarray | None) -> EpisodeUpdate:
+    def update(self, flags: np.ndarray, scores: np.ndarray, keys: np.ndarray | None,
+               hold: float | None = None) -> EpisodeUpdate:
+        """Episodes after the events of a segment (``flags``: over the threshold); with ``hold``,
+        events of open, unaccepted episodes are flagged above that level too (``out.held``)."""
         n = len(flags)
         out = EpisodeUpdate(np.full(n, NONE, dtype=np.int64), np.zeros(n, dtype=bool),
-                            np.full(n, NONE, dtype=np.int64), np.zeros(n, dtype=bool), np.zeros(n, dtype=bool))
+                            np.full(n, NONE, dtype=np.int64), np.zeros(n, dtype=bool), np.zeros(n, dtype=bool),
+                            np.zeros(n, dtype=bool), np.zeros(n, dtype=bool))
         if not self.open and not flags.any():
             return out
         key_list = [""] * n if keys is None else keys.tolist()
@@ -98,6 +110,10 @@ class EpisodeTracker:
             ep = self.open.get(key)
             if ep is None and not flag:
                 continue
+            if ep is not None and hold is not None and not ep.accepted:
+                out.held_level[i] = True
+                if not flag and scores[i] > hold:
+                    flag = out.held[i] = True
             if ep is None:
                 ep = self.open[key] = _Open(self.next_id)
                 self.next_id += 1

@@ -24,6 +24,8 @@ CONFIGS = {
     # episodes accepted on plateaus: their recent scores are part of every snapshot
     "plateau-episodes": dict(n_channels=5, threshold_k=0.5, episode_quiet=3, adapt_after=60, accept_plateau=6,
                              batch_size=32),
+    # episodes held open down to a lower level (hysteresis): flags depend on open episodes
+    "held-episodes": dict(n_channels=5, threshold_k=1.0, episode_quiet=3, episode_hold=0.5, batch_size=32),
 }
 
 

@@ -207,6 +207,51 @@ def test_episode_closes_after_the_quiet_period() -> None:
     assert (summary.events, summary.flagged, summary.peak_score) == (4, 3, 4.0)
 
 
+def test_an_open_episode_holds_its_flags_down_to_the_hold_level() -> None:
+    """Hysteresis: a fault whose score dips below the threshold (here 5) but stays above the hold
+    level (2) is one run of flags; the same dip with no episode open is not flagged, and once
+    the key has been quiet for the quiet period the hold no longer applies."""
+    scores = np.array([0, 6, 3, 3, 6, 1, 1, 1, 3, 3, 0], dtype=float)
+    flags = scores > 5
+
+    held = EpisodeTracker(quiet=3, adapt_after=None).update(flags, scores, None, hold=2.0)
+    assert held.held.tolist() == [0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0]
+    assert held.held_level.tolist() == [0, 0, 1, 1, 1, 1, 1, 1, 0, 0, 0]  # judged while the episode was open
+    assert held.closed.tolist()[7] == 0 and held.alert.sum() == 1  # rows 8-9 come after it closed
+
+    plain = EpisodeTracker(quiet=3, adapt_after=None).update(flags, scores, None)
+    assert not plain.held.any() and not plain.held_level.any()
+
+
+def test_an_accepted_episode_is_not_held() -> None:
+    """Once an episode is accepted as a new normal, its key is judged against the threshold again:
+    holding it would only keep the catching-up model's aftershocks flagged."""
+    scores = np.array([6, 6, 6, 3, 3, 3], dtype=float)
+    out = EpisodeTracker(quiet=2, adapt_after=3).update(scores > 5, scores, None, hold=2.0)
+    assert out.accepted.tolist() == [0, 0, 1, 0, 0, 0]
+    assert out.held_level.tolist() == [0, 1, 1, 0, 0, 0]  # held until accepted at row 2
+    assert not out.held.any()
+
+
+def test_the_hold_level_flags_only_inside_episodes_and_reports_its_level() -> None:
+    """Through the detector: every flag is above the level it was judged against (the threshold
+    column says which), held flags lie inside episodes that the threshold opened, and the hold
+    level adds flags to an anomaly the threshold alone flickers over without adding alerts."""
+    X, labels = stress("step-return", EVENTS, 4, seed=0)
+    rng = np.random.default_rng(5)
+    X = X + rng.normal(scale=0.6, size=X.shape) * (labels[:, None] > 0)  # a noisy fault: its score dips
+    base = AutoencoderDetector(DetectorConfig(n_channels=4)).process_many(X)
+    res = AutoencoderDetector(DetectorConfig(n_channels=4, episode_hold=0.5)).process_many(X)
+    live = ~np.isnan(res.threshold)
+    np.testing.assert_array_equal(res.is_anomaly[live], res.score[live] > res.threshold[live])
+    outside = live & (res.episode < 0) & (res.closed_episode < 0)  # judged with no episode open
+    inside = live & (res.episode >= 0) & ~res.alert
+    assert np.median(res.threshold[inside]) == pytest.approx(0.5 * np.median(res.threshold[outside]), rel=0.05)
+    assert res.is_anomaly.sum() > base.is_anomaly.sum()
+    assert res.alert.sum() <= base.alert.sum()
+    assert (res.is_anomaly & ~base.is_anomaly & (res.episode < 0)).sum() == 0
+
+
 def test_episodes_survive_a_checkpoint_and_any_cut() -> None:
     X, _ = stress("step-return", EVENTS, 4, seed=0)
     config = DetectorConfig(n_channels=4)

@@ -86,6 +86,9 @@ class DetectorSettings(BaseModel):
     threshold_k: float = Field(4.0, gt=0, description="threshold = (mean + k*std)^3 of cube-rooted normal scores")
     threshold_window: int = Field(4096, ge=1, description="events the threshold statistics cover")
     episode_quiet: int = Field(20, ge=1, description="events of a key without a flag that close its episode")
+    episode_hold: OptionalFloat = Field(None, gt=0, le=1, description="while a key's episode is open (and not "
+                                       "accepted), its events stay flagged down to this share of the threshold "
+                                       "(hysteresis: a fault whose score dips stays one run of flags; none = off)")
     adapt_after: OptionalInt = Field(300, ge=1, description="an episode still open after this many events of "
                                      "its key is accepted as a new normal and learned (none = never)")
     accept_plateau: OptionalInt = Field(120, ge=2, description="an episode whose last this many events were all "
