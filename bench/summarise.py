@@ -25,6 +25,7 @@ def summary(report: dict) -> dict[str, float]:
         if key in report and "alerting" in report[key]:
             a = report[key]["alerting"]
             out.update({f"{name}_false_per_10k": a["false_alerts_per_10k"],
+                        f"{name}_early_false": f"{a.get('early_false_alerts', '?')}/{a.get('false_alerts', '?')}",
                         f"{name}_alerted": f"{a['anomalies_alerted']}/{a['labelled_anomalies']}",
                         f"{name}_tail_share": a["tail_share"], f"{name}_f1_of_best": a["f1_of_best"]})
     if "stress" in report:

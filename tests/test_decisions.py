@@ -173,6 +173,11 @@ def test_alert_report_pools_recordings_judged_apart() -> None:
               np.array([1, 0, 0, 0], dtype=bool))
     report = alert_report([first, second])
     assert report["false_alerts_per_10k"] == 1250.0  # one false alert in 8 events
+    assert report["false_alerts"] == report["early_false_alerts"] == 1  # (at row 0 of the second)
+    labels, alerts = np.zeros(1000), np.zeros(1000, dtype=bool)
+    alerts[[10, 400]] = True  # one just out of warm-up, one later
+    late = alert_report([(labels, alerts, np.zeros(1000), alerts)])
+    assert (late["false_alerts"], late["early_false_alerts"]) == (2, 1)
     assert (report["anomalies_alerted"], report["labelled_anomalies"], report["median_alert_delay"]) == (1, 2, 0.0)
     assert report["tail_share"] == 0.0
     assert report["best_f1"] == 1.0  # a threshold between 1 and 2 separates them

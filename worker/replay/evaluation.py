@@ -91,18 +91,24 @@ def tail_rows(labels: np.ndarray, flags: np.ndarray, quiet: int = 20) -> int:
     return count
 
 
+# "Just out of warm-up": the first this many judged events of a recording.
+EARLY = 300
+
+
 def alert_report(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]) -> dict[str, Any]:
     """Alert-level numbers over recordings judged apart, each ``(labels, flags, scores, alerts)``:
-    false alerts per 10,000 judged events, labelled anomalies with an alert inside them, the median
-    delay to that alert, the share of false flagged rows that are tails of a real anomaly
-    (:func:`tail_rows`), and flag F1 as a share of the best single threshold's F1 on the same
-    scores (what the decision layer loses)."""
-    events = false_alerts = anomalies = alerted = tails = false_rows = 0
+    false alerts per 10,000 judged events, and how many of them came in the first ``EARLY``
+    judged events of their recording (a detector just out of its warm-up); labelled anomalies
+    with an alert inside them, the median delay to that alert, the share of false flagged rows
+    that are tails of a real anomaly (:func:`tail_rows`), and flag F1 as a share of the best
+    single threshold's F1 on the same scores (what the decision layer loses)."""
+    events = false_alerts = early = anomalies = alerted = tails = false_rows = 0
     delays: list[float] = []
     for labels, flags, _, alerts in parts:
         m = episode_metrics(labels, alerts)
         events += len(labels)
         false_alerts += m["false_alerts"]
+        early += int((np.asarray(alerts[:EARLY], dtype=bool) & (np.asarray(labels[:EARLY]) <= 0.5)).sum())
         anomalies += m["labelled_anomalies"]
         alerted += m["anomalies_alerted"]
         delays += m["alert_delays"]
@@ -110,7 +116,8 @@ def alert_report(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarra
         false_rows += int((np.asarray(flags, dtype=bool) & (np.asarray(labels) <= 0.5)).sum())
     y, f, s = (np.concatenate([p[i] for p in parts]) for i in range(3))
     best = best_f1(y, s)
-    return {"false_alerts_per_10k": 1e4 * false_alerts / max(1, events), "anomalies_alerted": alerted,
+    return {"false_alerts_per_10k": 1e4 * false_alerts / max(1, events), "false_alerts": false_alerts,
+            "early_false_alerts": early, "anomalies_alerted": alerted,
             "labelled_anomalies": anomalies, "median_alert_delay": float(np.median(delays)) if delays else None,
             "tail_share": tails / false_rows if false_rows else 0.0, "best_f1": best,
             "f1_of_best": flag_metrics(y, f)["f1"] / best if best else 0.0}
