@@ -176,7 +176,9 @@ class AutoencoderDetector(AnomalyDetector):
             self.threshold = QuantileThreshold(c.threshold_quantile, c.threshold_margin, c.threshold_window,
                                                c.batch_size)
         elif c.threshold_rule == "spot":
-            self.threshold = SpotThreshold(c.threshold_risk, c.threshold_window, fallback=sigma)
+            budget = None if c.alert_budget is None else c.alert_budget / 10_000
+            self.threshold = SpotThreshold(c.threshold_risk, c.threshold_window, fallback=sigma, alert_budget=budget,
+                                           run=c.episode_quiet)
         else:
             self.threshold = sigma
         self.windows = SlidingWindow(c.window, c.n_channels)

@@ -16,6 +16,9 @@ CONFIGS = {
     # a short window: the tail is fitted (more than MIN_SCORES normal scores) within the tests' streams
     "spot-threshold": dict(n_channels=5, threshold_rule="spot", threshold_risk=1e-2, batch_size=32,
                            threshold_window=256),
+    # the same rule with its budget counted in alerts (the extremal index of the recent scores)
+    "spot-alert-budget": dict(n_channels=5, threshold_rule="spot", alert_budget=100.0, batch_size=32,
+                              threshold_window=256),
     "max-aggregate": dict(n_channels=5, score_aggregate="max"),
     # the density signal beside reconstruction error: its column in every statistic and snapshot
     "density": dict(n_channels=5, density_weight=1.0),

@@ -167,3 +167,41 @@ def test_spot_uses_the_sigma_rule_until_it_has_enough_scores_and_restores_exactl
     assert restored.get() == level and restored.n == 1000  # the window keeps the last 1,000
     th.reset()
     assert th.get() is None
+
+
+def test_the_extremal_index_counts_the_exceedances_that_begin_a_cluster() -> None:
+    from ae_core.threshold import extremal_index
+
+    scores = np.zeros(40)
+    scores[[3, 4, 5, 6, 20, 21, 22, 23]] = 5.0  # two clusters of four
+    assert extremal_index(scores, 1.0, run=1) == 0.25
+    scores[[30, 34]] = 5.0  # four apart: one cluster with run 4, two with run 3
+    assert extremal_index(scores, 1.0, run=4) == 3 / 10 and extremal_index(scores, 1.0, run=3) == 4 / 10
+    assert extremal_index(np.arange(5.0), 10.0, run=1) == 1.0  # no exceedance
+
+
+def test_an_alert_budget_counts_clusters_of_exceedances_not_events() -> None:
+    """Scores that come five equal ones in a row (a smoothed score lingers above a level): an alert
+    budget of 1e-3 per event must put the level where clusters, not events, come at that rate; a
+    risk of 1e-3 alone would allow one cluster per 5,000 events, a fifth of the budget."""
+    from ae_core.threshold import AdaptiveThreshold, SpotThreshold
+
+    rng = np.random.default_rng(8)
+
+    def lingering(n: int) -> np.ndarray:
+        return np.repeat(rng.exponential(size=n // 5), 5)
+
+    def clusters(scores: np.ndarray, level: float) -> int:
+        above = scores > level
+        return int((above[1:] & ~above[:-1]).sum() + above[0])
+
+    def level(budget: float | None) -> float:
+        th = SpotThreshold(risk=1e-3, window=20_000, fallback=AdaptiveThreshold(k=4.0, window_batches=4),
+                           alert_budget=budget, run=1)
+        th.update_many(lingering(20_000))
+        return th.get()  # type: ignore[return-value]
+
+    fresh = lingering(1_000_000)
+    by_budget, by_risk = clusters(fresh, level(1e-3)), clusters(fresh, level(None))
+    assert 1000 / 2 <= by_budget <= 1000 * 2, by_budget  # 1e-3 of a million events, within a factor 2
+    assert by_risk < 1000 / 2.5, by_risk
