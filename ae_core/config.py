@@ -114,9 +114,11 @@ class DetectorConfig:
             raise ConfigError("threshold_risk", f"must be in (0, 1), got {self.threshold_risk}")
         if self.alert_budget is not None:
             if not 0 < self.alert_budget < 5000:
-                raise ConfigError("alert_budget", f"must be in (0, 5000) alerts per 10,000 events, got {self.alert_budget}")
+                raise ConfigError("alert_budget",
+                                  f"must be in (0, 5000) alerts per 10,000 events, got {self.alert_budget}")
             if self.threshold_rule != "spot":
-                raise ConfigError("alert_budget", "is a budget for threshold_rule 'spot' (set it, or unset alert_budget)")
+                raise ConfigError("alert_budget",
+                                  "is a budget for threshold_rule 'spot' (set it, or unset alert_budget)")
         if not 0 < self.threshold_quantile < 1:
             raise ConfigError("threshold_quantile", f"must be in (0, 1), got {self.threshold_quantile}")
         if not self.threshold_margin > 0:
