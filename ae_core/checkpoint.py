@@ -84,7 +84,7 @@ def restore_detector(state: dict[str, Any]) -> AutoencoderDetector:
         config = state["config"]
         if state["version"] < 5:  # saved before the density signal: the detector had none
             config = {**config, "density_weight": 0.0}
-        config = {"episode_hold": None, "alert_budget": None, **config}  # saved before these: none
+        config = {"episode_hold": None, "alert_budget": None, "slow_smoothing": None, **config}  # saved before these
         det = AutoencoderDetector(DetectorConfig.from_dict(config))
         det.module.load_state_dict(state["module"])
         det.optimizer.load_state_dict(state["optimizer"])

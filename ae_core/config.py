@@ -53,6 +53,7 @@ class DetectorConfig:
     # decision
     warmup: int = 400
     smoothing: float = 0.3
+    slow_smoothing: float | None = 0.1
     score_aggregate: Literal["mean", "max"] = "mean"
     threshold_rule: Literal["sigma", "quantile", "spot"] = "sigma"
     threshold_k: float = 4.0
@@ -89,6 +90,9 @@ class DetectorConfig:
             raise ConfigError("learning_rate", f"must be > 0, got {self.learning_rate}")
         if not 0 < self.smoothing <= 1:
             raise ConfigError("smoothing", f"must be in (0, 1], got {self.smoothing}")
+        if self.slow_smoothing is not None and not 0 < self.slow_smoothing < self.smoothing:
+            raise ConfigError("slow_smoothing", f"must be below smoothing ({self.smoothing}), got "
+                                                f"{self.slow_smoothing} (set it lower, or none for one scale)")
         _positive("episode_quiet", self.episode_quiet)
         if self.episode_hold is not None and not 0 < self.episode_hold <= 1:
             raise ConfigError("episode_hold", f"must be in (0, 1] (a share of the threshold), got {self.episode_hold}")

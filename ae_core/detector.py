@@ -166,7 +166,7 @@ class AutoencoderDetector(AnomalyDetector):
         self.optimizer = torch.optim.Adam(self._params, lr=c.learning_rate, fused=True)
         self.scaler = OnlineScaler(c.n_features, c.resolved_scaling, c.clip, c.stats_horizon)
         self.scorer = ResidualScorer(c.n_features, c.smoothing, c.clip, c.stats_horizon, c.score_aggregate,
-                                     c.density_weight)
+                                     c.density_weight, c.slow_smoothing)
         self._reference_codes: Reference | None = None  # the memory's codes; dropped when either changes
         self._warned_foreign = False  # said once that an event held none of the channels
         self.episodes = EpisodeTracker(c.episode_quiet, c.adapt_after, c.accept_plateau)
@@ -187,7 +187,7 @@ class AutoencoderDetector(AnomalyDetector):
         self.memory_count = 0
         self.pending_x = np.zeros((0, c.n_features))
         self.pending_residual = np.zeros((0, c.score_width))
-        self.pending_smoothed = np.zeros((0, c.score_width))
+        self.pending_smoothed = np.zeros((0, self.scorer.smoothed_width))
         self.pending_score = np.zeros(0)
         self.pending_flag = np.zeros(0, dtype=bool)
         self.pending_learn = np.zeros(0, dtype=bool)
@@ -290,7 +290,8 @@ class AutoencoderDetector(AnomalyDetector):
             self.keys.seen(keys.tolist(), first)
         limit = self._limit()
         live = np.arange(first, self.events_seen) >= c.warmup
-        score = np.where(live, self.scorer.aggregate(deviations), np.nan)
+        aggregate, channel_deviations = self.scorer.score_and_channels(deviations)
+        score = np.where(live, aggregate, np.nan)
         threshold = np.where(live, np.nan if limit is None else limit, np.nan)
         flags = live & (score > threshold)
         hold = None if limit is None or c.episode_hold is None else max(c.episode_hold * limit, QUIET_SCORE)
@@ -302,7 +303,7 @@ class AutoencoderDetector(AnomalyDetector):
             self.regime_changes += int(episodes.accepted.sum())
             logger.info("episode(s) %s lasted adapt_after=%s events: accepting a new normal",
                         episodes.episode[episodes.accepted].tolist(), c.adapt_after)
-        top, shares = self._contributions(deviations[:, :c.n_features])
+        top, shares = self._contributions(channel_deviations)
         self.pending_x = np.concatenate([self.pending_x, X])
         self.pending_residual = np.concatenate([self.pending_residual, residuals])
         self.pending_smoothed = np.concatenate([self.pending_smoothed, smoothed])

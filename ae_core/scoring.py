@@ -20,6 +20,12 @@ distance of the event's bottleneck code to normal codes. It goes through steps 1
 channel; in step 3 only its excess counts (an event closer to normal codes than usual is not
 anomalous), and it joins the channels' aggregate with ``density_weight`` channels' worth of weight.
 
+With ``slow_smoothing`` the residuals are averaged at a second, slower rate too, and steps 2-3
+run at both: the score is the larger of the two scales' aggregates. A fault that moves a channel
+by a little for a long time stands out of the slow average, where the fast one lets noise hide
+it; a short sharp one stands out of the fast average, where the slow one dilutes it (the
+multiple-EWMA chart of statistical process control).
+
 With ``smoothing=1`` step 2 does nothing. Every statistic forgets with ``horizon`` (events), so
 the scale of "normal" follows a stream whose noise changes. Spreads have floors: a channel the
 network reconstructs perfectly (a flat line) must not turn rounding noise into alarms.
@@ -51,19 +57,23 @@ class ResidualScorer:
     """Per-key EWMA of clipped standardised residuals, standardised again by normal-event statistics."""
 
     def __init__(self, n_features: int, smoothing: float, clip: float, horizon: int | None = None,
-                 aggregate: str = "mean", density_weight: float = 0.0) -> None:
+                 aggregate: str = "mean", density_weight: float = 0.0, slow_smoothing: float | None = None) -> None:
         self.n_channels = n_features  # residual columns; the density column, when there is one, follows
         self.density_weight = density_weight
-        n_features += density_weight > 0
+        self.width = n_features + (density_weight > 0)  # residual columns, density included
         self.smoothing = smoothing
+        # the smoothing factor of each scale; the smoothed residuals hold one block of columns per scale
+        self.factors = (smoothing,) if slow_smoothing is None else (smoothing, slow_smoothing)
+        self.smoothed_width = self.width * len(self.factors)
         self.aggregate_kind = aggregate
         self.clip = clip
         self.horizon = horizon
         self.state: dict[str, np.ndarray] = {}
-        self.raw = OnlineScaler(n_features, "standard", clip, horizon)
-        self.normal = OnlineScaler(n_features, "standard", clip, horizon)
+        self.raw = OnlineScaler(self.width, "standard", clip, horizon)
+        self.normal = OnlineScaler(self.smoothed_width, "standard", clip, horizon)
         # White noise of unit spread has EWMA spread sqrt(a / (2 - a)); half of it is the floor.
-        self.smoothed_floor = 0.5 * math.sqrt(smoothing / (2.0 - smoothing))
+        self.smoothed_floor = np.repeat([0.5 * math.sqrt(a / (2.0 - a)) for a in self.factors], self.width)
+        self._rate = np.repeat(self.factors, self.width)  # each smoothed column's factor
 
     def standardise(self, residuals: np.ndarray) -> np.ndarray:
         spread = np.maximum(self.raw.std, RESIDUAL_FLOOR)
@@ -74,9 +84,12 @@ class ResidualScorer:
 
         Many keys with few events each (a fleet) run one step per occurrence, vectorised over the
         keys; few keys with many events run a filter per key. Both compute ``a * z + (1 - a) * s``
-        in the same order, so the results are the same to the bit (a test holds them to it)."""
-        if self.smoothing == 1.0:
+        in the same order, so the results are the same to the bit (a test holds them to it).
+        With two scales the result holds the fast block, then the slow one."""
+        if self.factors == (1.0,):
             return z
+        if len(self.factors) > 1:
+            z = np.tile(z, len(self.factors))
         if keys is None:
             return self._smooth_key("", z)
         distinct, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
@@ -86,7 +99,7 @@ class ResidualScorer:
 
     def _smooth_fleet(self, z: np.ndarray, distinct: np.ndarray, inverse: np.ndarray,
                       by_occurrence: list[np.ndarray]) -> np.ndarray:
-        a, state = self.smoothing, self.state
+        a, state = (self.smoothing if len(self.factors) == 1 else self._rate), self.state
         first = by_occurrence[0]  # every key's first row, in key order
         names = distinct.tolist()
         prev = np.array([state[k] if k in state else z[row] for k, row in zip(names, first.tolist())])
@@ -100,11 +113,13 @@ class ResidualScorer:
         return out
 
     def _smooth_key(self, key: str, z: np.ndarray) -> np.ndarray:
-        a = self.smoothing
         prev = self.state.get(key)
         if prev is None:
             prev = z[0]
-        out, _ = lfilter([a], [1.0, a - 1.0], z, axis=0, zi=((1.0 - a) * prev)[None, :])
+        w = self.width
+        blocks = [lfilter([a], [1.0, a - 1.0], z[:, b * w:(b + 1) * w], axis=0,
+                          zi=((1.0 - a) * prev[b * w:(b + 1) * w])[None, :])[0] for b, a in enumerate(self.factors)]
+        out = blocks[0] if len(blocks) == 1 else np.hstack(blocks)
         self.state[key] = out[-1].copy()
         return out
 
@@ -112,17 +127,34 @@ class ResidualScorer:
         """Squared standardised smoothed residuals, per event and column (the density column: its excess only)."""
         spread = np.maximum(self.normal.std, self.smoothed_floor)
         z = (smoothed - self.normal.mean) / spread
-        z[:, self.n_channels:] = np.maximum(z[:, self.n_channels:], 0.0)
+        for b in range(len(self.factors)):
+            density = z[:, b * self.width + self.n_channels:(b + 1) * self.width]
+            np.maximum(density, 0.0, out=density)
         return np.square(z)
 
     def aggregate(self, deviations: np.ndarray) -> np.ndarray:
-        """One score per event from its squared standardised deviations: the channels' mean (or
-        largest), and the density column with ``density_weight`` channels' worth of weight."""
+        """One score per event from its squared standardised deviations (the larger of the scales')."""
+        return self.score_and_channels(deviations)[0]
+
+    def score_and_channels(self, deviations: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The score per event, and its channels' squared deviations at the scale that gave it."""
+        w = self.width
+        if len(self.factors) == 1:
+            return self._aggregate(deviations), deviations[:, :self.n_channels]
+        scores = np.stack([self._aggregate(deviations[:, b * w:(b + 1) * w]) for b in range(len(self.factors))])
+        scale = scores.argmax(axis=0)
+        rows = np.arange(len(deviations))
+        channels = deviations.reshape(len(deviations), len(self.factors), w)[rows, scale, :self.n_channels]
+        return scores[scale, rows], channels
+
+    def _aggregate(self, deviations: np.ndarray) -> np.ndarray:
+        """One scale's score per event: the channels' mean (or largest) squared deviation, and the
+        density column with ``density_weight`` channels' worth of weight."""
         channels = deviations[:, :self.n_channels]
         score = channels.max(axis=1) if self.aggregate_kind == "max" else channels.mean(axis=1)
         if self.density_weight > 0:
             share = self.density_weight / self.n_channels
-            score = (score + share * deviations[:, -1]) / (1.0 + share)
+            score = (score + share * deviations[:, self.n_channels]) / (1.0 + share)
         return score
 
     def learn_many(self, residuals: np.ndarray, smoothed: np.ndarray) -> None:
@@ -135,12 +167,11 @@ class ResidualScorer:
 
     def restart(self, residuals: np.ndarray) -> np.ndarray:
         """Forget everything, learn from residuals in time order, return their smoothed values."""
-        width = self.raw.mean.shape[0]
         self.state.clear()
-        self.raw = OnlineScaler(width, "standard", self.clip, self.horizon)
-        self.normal = OnlineScaler(width, "standard", self.clip, self.horizon)
+        self.raw = OnlineScaler(self.width, "standard", self.clip, self.horizon)
+        self.normal = OnlineScaler(self.smoothed_width, "standard", self.clip, self.horizon)
         self.raw.learn_many(residuals)
-        smoothed = self._smooth_key("", self.standardise(residuals))
+        smoothed = self.smooth(self.standardise(residuals), None)
         self.state.clear()
         self.normal.learn_many(smoothed)
         return smoothed

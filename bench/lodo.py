@@ -32,13 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.summarise import summary  # noqa: E402
 
-GRID = [
-    {"threshold_rule": ["sigma"], "threshold_k": [3.5, 4.0, 4.5, 5.0], "smoothing": [0.1, 0.3],
-     "adapt_after": [300, 1000], "accept_plateau": [None]},
-    {"threshold_rule": ["spot"], "threshold_risk": [1e-3, 3e-4, 1e-4, 3e-5], "smoothing": [0.1, 0.3],
-     "adapt_after": [300, 1000], "accept_plateau": [None]},
-    {"threshold_rule": ["sigma"], "threshold_k": [3.5, 4.0, 4.5, 5.0], "smoothing": [0.1, 0.3],
-     "adapt_after": [300], "accept_plateau": [60, 120]},
+GRID = [  # the last decision's grid (2026-12-02): one time scale at two rates, and a second, slower scale
+    {"threshold_k": [4.0, 4.5, 5.0, 5.5], "smoothing": [0.1, 0.3], "slow_smoothing": [None]},
+    {"threshold_k": [4.0, 4.5, 5.0], "smoothing": [0.3], "slow_smoothing": [0.1, 0.05]},
 ]
 DATASETS = ("skab", "asd", "nab")
 

@@ -8,6 +8,8 @@ from ae_core import DetectorConfig
 
 CONFIGS = {
     "default": dict(n_channels=5),
+    # the score on one time scale (the default before the slow average)
+    "one-scale": dict(n_channels=5, slow_smoothing=None),
     "sigmoid-bce": dict(n_channels=5, output_activation="sigmoid"),
     "l1-denoise": dict(n_channels=5, penalty="l1", denoise_sigma=0.1),
     "window": dict(n_channels=2, window=4),

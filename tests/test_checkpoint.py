@@ -122,7 +122,8 @@ def test_many_devices_make_a_compact_snapshot() -> None:
     assert len(det.windows.history) == 20_000 and len(det.scorer.state) > 19_000  # (warm-up keys restart)
     per_key = (len(dumps(det)) - base) / 20_000
     print(f"{per_key:.0f} bytes per device")
-    assert per_key < 1.5 * (8 * 15 + 8 * 2 * 5 + 40)  # EWMA of 15 features, window of 2 x 5 readings, name, count
+    # EWMAs of 15 features at two scales, window of 2 x 5 readings, name, count
+    assert per_key < 1.5 * (8 * 15 * 2 + 8 * 2 * 5 + 40)
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
