@@ -88,13 +88,13 @@ class ResidualScorer:
         With two scales the result holds the fast block, then the slow one."""
         if self.factors == (1.0,):
             return z
-        if len(self.factors) > 1:
-            z = np.tile(z, len(self.factors))
         if keys is None:
             return self._smooth_key("", z)
         distinct, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
         if counts.max() > len(distinct):  # (the split by occurrence is costly: only when it is used)
-            return per_key(z, keys, self._smooth_key, z.shape[1])
+            return per_key(z, keys, self._smooth_key, self.smoothed_width)
+        if len(self.factors) > 1:
+            z = np.tile(z, len(self.factors))
         return self._smooth_fleet(z, distinct, inverse, by_occurrence(inverse, counts))
 
     def _smooth_fleet(self, z: np.ndarray, distinct: np.ndarray, inverse: np.ndarray,
@@ -114,11 +114,11 @@ class ResidualScorer:
 
     def _smooth_key(self, key: str, z: np.ndarray) -> np.ndarray:
         prev = self.state.get(key)
-        if prev is None:
-            prev = z[0]
+        if prev is None:  # a key's first event: every scale starts at it
+            prev = np.tile(z[0], len(self.factors))
         w = self.width
-        blocks = [lfilter([a], [1.0, a - 1.0], z[:, b * w:(b + 1) * w], axis=0,
-                          zi=((1.0 - a) * prev[b * w:(b + 1) * w])[None, :])[0] for b, a in enumerate(self.factors)]
+        blocks = [lfilter([a], [1.0, a - 1.0], z, axis=0, zi=((1.0 - a) * prev[b * w:(b + 1) * w])[None, :])[0]
+                  for b, a in enumerate(self.factors)]
         out = blocks[0] if len(blocks) == 1 else np.hstack(blocks)
         self.state[key] = out[-1].copy()
         return out
