@@ -138,14 +138,14 @@ class ResidualScorer:
 
     def score_and_channels(self, deviations: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The score per event, and its channels' squared deviations at the scale that gave it."""
-        w = self.width
+        w, n = self.width, self.n_channels
+        fast = self._aggregate(deviations[:, :w])
         if len(self.factors) == 1:
-            return self._aggregate(deviations), deviations[:, :self.n_channels]
-        scores = np.stack([self._aggregate(deviations[:, b * w:(b + 1) * w]) for b in range(len(self.factors))])
-        scale = scores.argmax(axis=0)
-        rows = np.arange(len(deviations))
-        channels = deviations.reshape(len(deviations), len(self.factors), w)[rows, scale, :self.n_channels]
-        return scores[scale, rows], channels
+            return fast, deviations[:, :n]
+        slow = self._aggregate(deviations[:, w:])
+        slower_wins = slow > fast  # (ties: the fast scale's channels)
+        channels = np.where(slower_wins[:, None], deviations[:, w:w + n], deviations[:, :n])
+        return np.where(slower_wins, slow, fast), channels
 
     def _aggregate(self, deviations: np.ndarray) -> np.ndarray:
         """One scale's score per event: the channels' mean (or largest) squared deviation, and the
