@@ -381,7 +381,7 @@ class AutoencoderDetector(AnomalyDetector):
         if c.density_weight:
             residuals = np.column_stack([residuals, cross_outlier_ratio(self._reconstruct(rows)[2], c.density_k)])
         smoothed = self.scorer.restart(residuals)
-        scores = self.scorer.aggregate(self.scorer.squared_deviations(smoothed))
+        scores = self.scorer.score_and_channels(self.scorer.squared_deviations(smoothed))[0]
         self.threshold.reset()
         for start in range(0, len(scores), c.batch_size):
             self.threshold.update_many(scores[start:start + c.batch_size])

@@ -132,12 +132,9 @@ class ResidualScorer:
             np.maximum(density, 0.0, out=density)
         return np.square(z)
 
-    def aggregate(self, deviations: np.ndarray) -> np.ndarray:
-        """One score per event from its squared standardised deviations (the larger of the scales')."""
-        return self.score_and_channels(deviations)[0]
-
     def score_and_channels(self, deviations: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The score per event, and its channels' squared deviations at the scale that gave it."""
+        """One score per event from its squared standardised deviations (the larger of the scales'),
+        and its channels' squared deviations at the scale that gave it."""
         w, n = self.width, self.n_channels
         fast = self._aggregate(deviations[:, :w])
         if len(self.factors) == 1:
