@@ -301,8 +301,8 @@ class AutoencoderDetector(AnomalyDetector):
             threshold = np.where(episodes.held_level, hold, threshold)
         if episodes.accepted.any():
             self.regime_changes += int(episodes.accepted.sum())
-            logger.info("episode(s) %s lasted adapt_after=%s events: accepting a new normal",
-                        episodes.episode[episodes.accepted].tolist(), c.adapt_after)
+            logger.info("accepting a new normal in episode(s) %s (open adapt_after=%s events, or settled on a "
+                        "plateau)", episodes.episode[episodes.accepted].tolist(), c.adapt_after)
         top, shares = self._contributions(channel_deviations)
         self.pending_x = np.concatenate([self.pending_x, X])
         self.pending_residual = np.concatenate([self.pending_residual, residuals])

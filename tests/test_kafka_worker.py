@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -209,6 +210,13 @@ def run_cli(args: list[str], env: dict[str, str] | None = None, **popen: Any) ->
                             **{"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, **popen})
 
 
+def events_done(stderr: str) -> int:
+    """The event count of the run's closing summary line (``events: N  anomalies: ...``)."""
+    found = re.search(r"^events: (\d+)", stderr, re.MULTILINE)
+    assert found, stderr
+    return int(found.group(1))
+
+
 def test_sigterm_commits_and_a_restart_continues_without_gap(kafka: str, topic_prefix: str, tmp_path: Path) -> None:
     total = 30_000
     s = settings(kafka, topic_prefix)
@@ -227,7 +235,7 @@ def test_sigterm_commits_and_a_restart_continues_without_gap(kafka: str, topic_p
     first.send_signal(signal.SIGTERM)
     out, err = first.communicate(timeout=60)
     assert first.returncode == 0, err
-    done_first = int(err.split("events: ")[1].split()[0])
+    done_first = events_done(err)
     assert 2000 <= done_first < total, "SIGTERM came too late to test a restart"
     assert committed(kafka, f"{topic_prefix}-group", tp) == done_first  # the current batch was committed
     assert (state_dir / f"{topic_prefix}-in-0.ckpt").exists()
@@ -235,7 +243,7 @@ def test_sigterm_commits_and_a_restart_continues_without_gap(kafka: str, topic_p
     second = run_cli([*common, "--batch-max-events", "500", "--idle-timeout", "3"])
     out, err = second.communicate(timeout=300)
     assert second.returncode == 0, err
-    done_second = int(err.split("events: ")[1].split()[0])
+    done_second = events_done(err)
     assert done_first + done_second == total  # no gap, no duplicate
     assert "restored detector" in err
     flagged = anomaly_offsets(kafka, f"{topic_prefix}-out")
