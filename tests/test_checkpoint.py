@@ -91,16 +91,19 @@ def test_dumps_is_deterministic_for_equal_state() -> None:
 
 
 def test_version_2_checkpoints_still_restore_and_continue_identically() -> None:
-    det = AutoencoderDetector(config("window"))  # (no density signal: there was none before version 5)
+    # (no density signal: there was none before version 5; one time scale, as every detector then)
+    det = AutoencoderDetector(config("window", slow_smoothing=None))
     det.process_many(correlated(300, 2), np.array(["a", "b"] * 150))
     state = detector_state(det)
-    del state["config"]["density_weight"], state["config"]["density_k"], state["config"]["episode_hold"]
+    for later in ("density_weight", "density_k", "episode_hold", "alert_budget", "slow_smoothing"):
+        del state["config"][later]
     state["version"] = 2  # version 2 kept a tensor per key and no last-seen counts
     state["windows"] = {k: torch.from_numpy(v.copy()) for k, v in det.windows.history.items()}
     state["residual_ewma"] = {k: torch.from_numpy(v.copy()) for k, v in det.scorer.state.items()}
     del state["keys"]
     twin = restore_detector(copy.deepcopy(state))  # as from bytes: no tensor shared with det
-    assert twin.config.episode_hold is None  # (saved before the hold level: none)
+    # saved before these settings: restored without them, not with today's defaults
+    assert (twin.config.episode_hold, twin.config.alert_budget, twin.config.slow_smoothing) == (None, None, None)
     nxt, keys = correlated(130, 2, seed=9), np.array(["a", "b"] * 65)
     np.testing.assert_array_equal(det.process_many(nxt, keys).score, twin.process_many(nxt, keys).score)
 
