@@ -61,7 +61,6 @@ class ResidualScorer:
         self.n_channels = n_features  # residual columns; the density column, when there is one, follows
         self.density_weight = density_weight
         self.width = n_features + (density_weight > 0)  # residual columns, density included
-        self.smoothing = smoothing
         # the smoothing factor of each scale; the smoothed residuals hold one block of columns per scale
         self.factors = (smoothing,) if slow_smoothing is None else (smoothing, slow_smoothing)
         self.smoothed_width = self.width * len(self.factors)
@@ -99,7 +98,7 @@ class ResidualScorer:
 
     def _smooth_fleet(self, z: np.ndarray, distinct: np.ndarray, inverse: np.ndarray,
                       by_occurrence: list[np.ndarray]) -> np.ndarray:
-        a, state = (self.smoothing if len(self.factors) == 1 else self._rate), self.state
+        a, state = self._rate, self.state
         first = by_occurrence[0]  # every key's first row, in key order
         names = distinct.tolist()
         prev = np.array([state[k] if k in state else z[row] for k, row in zip(names, first.tolist())])

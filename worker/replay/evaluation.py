@@ -108,7 +108,7 @@ def alert_report(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarra
         m = episode_metrics(labels, alerts)
         events += len(labels)
         false_alerts += m["false_alerts"]
-        early += int((np.asarray(alerts[:EARLY], dtype=bool) & (np.asarray(labels[:EARLY]) <= 0.5)).sum())
+        early += episode_metrics(labels[:EARLY], alerts[:EARLY])["false_alerts"]
         anomalies += m["labelled_anomalies"]
         alerted += m["anomalies_alerted"]
         delays += m["alert_delays"]
