@@ -53,7 +53,7 @@ class DetectorConfig:
     # decision
     warmup: int = 400
     smoothing: float = 0.3
-    slow_smoothing: float | None = 0.1
+    slow_smoothing: float | None = None
     score_aggregate: Literal["mean", "max"] = "mean"
     threshold_rule: Literal["sigma", "quantile", "spot"] = "sigma"
     threshold_k: float = 4.0

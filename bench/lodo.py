@@ -14,6 +14,14 @@ fall far below its in-sample ones was fitted to the files, not to the kind of da
 The default is the point whose worst data set comes closest to that data set's best (max-min of
 objective / best), so no kind of data is given up for another.
 
+Each point runs with ``--seeds`` detector seeds (0, 1, ...) and its numbers are their means: one
+seed's numbers move a lot (the default of 2026-12-02 at seeds 0, 1, 2: SKAB FAR 8.3%, 16.4%,
+12.6%; NAB 52.0, 51.1, 46.7), and a choice made on one seed follows its luck.
+
+Only points that keep the guarantees the tests hold on the synthetic stress streams, at every seed, are chosen
+(:func:`keeps_guarantees`: a constant stream silent, white noise quiet, one extreme reading a few
+flags, a step that returns let go of soon and not taken for a new normal); the others are listed.
+
 Objectives, each about 0..1: SKAB ``F1 - FAR`` (pooled flags; flagging everything scores F1 0.70
 at FAR 1.0), ASD mean of AUC-PR and own-flag F1 over omi-1..4, NAB normalised score / 100.
 """
@@ -44,6 +52,17 @@ def objective(s: dict[str, float]) -> dict[str, float]:
             "nab": s["nab_score"] / 100}
 
 
+def keeps_guarantees(s: dict[str, float]) -> bool:
+    """The stress-stream guarantees of ``tests/test_decisions.py``, read off the quality report."""
+    return (s["flat_pct"] == 0 and s["noise_pct"] <= 0.2 and s["spike_after"] <= 5
+            and s["return_recovery"] <= 50 and s["return_regime_changes"] == 0)
+
+
+def mean_summary(runs: list[dict[str, float]]) -> dict[str, float]:
+    """The numbers of a point's runs (one per seed) averaged; text fields are dropped."""
+    return {k: sum(r[k] for r in runs) / len(runs) for k, v in runs[0].items() if isinstance(v, (int, float))}
+
+
 def run_point(point: dict[str, object], out: Path) -> dict[str, float]:
     name = "_".join(f"{k}={v}" for k, v in point.items())
     path = out / f"{name}.json"
@@ -60,16 +79,29 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--out", default="lodo-runs", help="folder caching one quality report per grid point")
     parser.add_argument("--grid", default=None, help="JSON object of setting -> list of values, or a list of them")
+    parser.add_argument("--seeds", type=int, default=3, help="detector seeds per point (0, 1, ...); numbers are "
+                                                               "their means")
     args = parser.parse_args()
     grids = json.loads(args.grid) if args.grid else GRID
     grids = [grids] if isinstance(grids, dict) else grids
     points = [dict(zip(grid, values)) for grid in grids for values in itertools.product(*grid.values())]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    seeded = [{**p, "seed": seed} if seed else p for p in points for seed in range(args.seeds)]
     with ThreadPoolExecutor(args.jobs) as pool:
-        summaries = list(pool.map(lambda p: run_point(p, out), points))
+        runs = list(pool.map(lambda p: run_point(p, out), seeded))
+    per_point = [runs[i:i + args.seeds] for i in range(0, len(runs), args.seeds)]
+    print(f"{len(points)} grid points over {', '.join(dict.fromkeys(k for grid in grids for k in grid))}, "
+          f"{args.seeds} seed(s) each (numbers: means over seeds)")
+    summaries = [mean_summary(r) for r in per_point]
+    for point, s, r in zip(points, summaries, per_point):
+        if not all(keeps_guarantees(one) for one in r):
+            print(f"  breaks a guarantee, not chosen: {point} (flat {s['flat_pct']}%, noise {s['noise_pct']}%, "
+                  f"{s['spike_after']} flags after a spike, a returning step let go after {s['return_recovery']} "
+                  f"events with {s['return_regime_changes']} new normal(s))")
+    kept = [i for i, r in enumerate(per_point) if all(keeps_guarantees(one) for one in r)]
+    points, summaries = [points[i] for i in kept], [summaries[i] for i in kept]
     scores = [objective(s) for s in summaries]
-    print(f"{len(points)} grid points over {', '.join(dict.fromkeys(k for grid in grids for k in grid))}")
     for left_out in DATASETS:
         tuned = [d for d in DATASETS if d != left_out]
         chosen = max(range(len(points)), key=lambda i: sum(scores[i][d] for d in tuned))

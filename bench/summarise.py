@@ -32,6 +32,7 @@ def summary(report: dict) -> dict[str, float]:
         st = report["stress"]
         out.update(flat_pct=st["flat"]["flagged_pct_normal"], noise_pct=st["noise"]["flagged_pct_normal"],
                    spike_after=st["spike"]["flags_after_end"], return_recovery=st["step-return"]["recovery_events"],
+                   return_regime_changes=st["step-return"]["regime_changes"],
                    step_last_flag=st["step"]["last_flag_after_step"] or 0)
     return out
 

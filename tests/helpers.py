@@ -8,8 +8,8 @@ from ae_core import DetectorConfig
 
 CONFIGS = {
     "default": dict(n_channels=5),
-    # the score on one time scale (the default before the slow average)
-    "one-scale": dict(n_channels=5, slow_smoothing=None),
+    # the score on two time scales (a slow average beside the fast one)
+    "two-scales": dict(n_channels=5, slow_smoothing=0.1),
     "sigmoid-bce": dict(n_channels=5, output_activation="sigmoid"),
     "l1-denoise": dict(n_channels=5, penalty="l1", denoise_sigma=0.1),
     "window": dict(n_channels=2, window=4),

@@ -59,6 +59,48 @@ def test_a_constant_channel_beside_moving_ones_counts_once_it_moves() -> None:
     assert res.top_channels[MIDDLE, 0] == 3  # and it is the one named
 
 
+def fleet_with_newcomers(events: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Readings of 10 devices from the start and one more device joining every 100 events after
+    the first 3,000 (events interleaved at random), the keys, and each event's count within its key."""
+    from worker.replay.simulate import simulate
+
+    X, _, _ = simulate(events, 8, seed=seed, anomaly_every=10**9)
+    rng = np.random.default_rng(seed)
+    active, keys = [f"old-{i}" for i in range(10)], []
+    for i in range(events):
+        if i >= 3000 and i % 100 == 0:
+            active.append(f"new-{i}")
+        keys.append(active[rng.integers(len(active))])
+    seen: dict[str, int] = {}
+    nth = np.array([seen.__setitem__(k, seen.get(k, 0) + 1) or seen[k] for k in keys])
+    return X, np.array(keys), nth
+
+
+def test_a_device_that_joins_after_the_warmup_is_not_flagged_for_being_new() -> None:
+    """A new key's running averages start at the centre of normal events (an EWMA chart starts
+    at its target), not at its first residual: that one carries a single event's spread where
+    the statistics expect an average's, and scored up to 19 times too high on the slow scale.
+    A fleet then paged for devices that joined: on this stream 9 of the 60 newcomers paged in
+    their first five events (9% of those events flagged, 0.2% of their events after the 20th)."""
+    X, keys, nth = fleet_with_newcomers(9000)
+    res = AutoencoderDetector(DetectorConfig(n_channels=8)).process_many(X, keys)
+    new = np.char.startswith(keys, "new-")
+    first, settled = new & (nth <= 5), new & (nth > 20)
+    assert first.sum() >= 250 and settled.sum() >= 1000
+    assert res.is_anomaly[first].mean() <= max(0.01, 3 * res.is_anomaly[settled].mean())
+    assert res.alert[first].sum() <= 1
+
+
+def test_a_device_that_joins_broken_is_still_flagged_at_once() -> None:
+    """Starting a newcomer's averages at the centre must not hide a device that is broken from
+    its first event: 6 spreads off on two channels is flagged within its first three events."""
+    X, keys, nth = fleet_with_newcomers(6000, seed=1)
+    broken = keys == "new-4000"
+    X[broken, :2] += 6 * X[:3000, :2].std(axis=0)
+    res = AutoencoderDetector(DetectorConfig(n_channels=8)).process_many(X, keys)
+    assert res.is_anomaly[broken & (nth <= 3)].any()
+
+
 def test_one_extreme_reading_costs_a_few_flags() -> None:
     _, _, res = run("spike")
     assert res.is_anomaly[MIDDLE]

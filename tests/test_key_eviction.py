@@ -102,6 +102,7 @@ def test_fleet_smoothing_equals_the_per_key_filter_to_the_bit() -> None:
         keys = np.array([f"k{i}" for i in rng.integers(0, n_keys, size=n)])
         z = rng.normal(size=(n, 4)) * rng.uniform(0.1, 50)
         fleet, one_by_one = ResidualScorer(4, 0.3, 20.0), ResidualScorer(4, 0.3, 20.0)
+        fleet.normal.mean = one_by_one.normal.mean = rng.normal(size=4)  # where a new key's averages start
         for key in set(keys[: n // 2].tolist()):  # some keys continue from an earlier state
             fleet.state[key] = rng.normal(size=4)
             one_by_one.state[key] = fleet.state[key].copy()

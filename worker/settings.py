@@ -73,7 +73,7 @@ class DetectorSettings(BaseModel):
                         "winsorised) at this many standard deviations")
     warmup: int = Field(400, ge=0, description="events learned but never judged at the start (score null)")
     smoothing: float = Field(0.3, gt=0, le=1, description="EWMA factor of the residuals per key (1 = none)")
-    slow_smoothing: OptionalFloat = Field(0.1, gt=0, lt=1, description="a second, slower EWMA factor of the "
+    slow_smoothing: OptionalFloat = Field(None, gt=0, lt=1, description="a second, slower EWMA factor of the "
                                           "residuals per key: the score is the larger of the two scales' (a small "
                                           "lasting deviation stands out of the slow one); below smoothing; none = "
                                           "one scale")
