@@ -76,14 +76,16 @@ def fleet_with_newcomers(events: int, seed: int = 0) -> tuple[np.ndarray, np.nda
     return X, np.array(keys), nth
 
 
-def test_a_device_that_joins_after_the_warmup_is_not_flagged_for_being_new() -> None:
+@pytest.mark.parametrize("slow", [None, 0.1])
+def test_a_device_that_joins_after_the_warmup_is_not_flagged_for_being_new(slow: float | None) -> None:
     """A new key's running averages start at the centre of normal events (an EWMA chart starts
     at its target), not at its first residual: that one carries a single event's spread where
-    the statistics expect an average's, and scored up to 19 times too high on the slow scale.
-    A fleet then paged for devices that joined: on this stream 9 of the 60 newcomers paged in
-    their first five events (9% of those events flagged, 0.2% of their events after the 20th)."""
+    the statistics expect an average's, 5.7 times too much on the fast scale and 19 on the slow
+    one. A fleet then paged for devices that joined: on this stream 3 of the 60 newcomers paged
+    in their first five events on one scale (1.7% of those events flagged) and 9 on two (9%),
+    where their events after the 20th are flagged 0.3% and 0.2% of the time."""
     X, keys, nth = fleet_with_newcomers(9000)
-    res = AutoencoderDetector(DetectorConfig(n_channels=8)).process_many(X, keys)
+    res = AutoencoderDetector(DetectorConfig(n_channels=8, slow_smoothing=slow)).process_many(X, keys)
     new = np.char.startswith(keys, "new-")
     first, settled = new & (nth <= 5), new & (nth > 20)
     assert first.sum() >= 250 and settled.sum() >= 1000
