@@ -96,12 +96,13 @@ def main() -> None:
     print(f"{len(points)} grid points over {', '.join(dict.fromkeys(k for grid in grids for k in grid))}, "
           f"{args.seeds} seed(s) each (numbers: means over seeds)")
     summaries = [mean_summary(r) for r in per_point]
-    for point, s, r in zip(points, summaries, per_point):
-        if not all(keeps_guarantees(one) for one in r):
+    keeps = [all(keeps_guarantees(one) for one in r) for r in per_point]  # at every seed
+    for point, s, ok in zip(points, summaries, keeps):
+        if not ok:
             print(f"  breaks a guarantee, not chosen: {point} (flat {s['flat_pct']}%, noise {s['noise_pct']}%, "
                   f"{s['spike_after']} flags after a spike, a returning step let go after {s['return_recovery']} "
                   f"events with {s['return_regime_changes']} new normal(s))")
-    kept = [i for i, r in enumerate(per_point) if all(keeps_guarantees(one) for one in r)]
+    kept = [i for i, ok in enumerate(keeps) if ok]
     points, summaries = [points[i] for i in kept], [summaries[i] for i in kept]
     scores = [objective(s) for s in summaries]
     for left_out in DATASETS:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import pytest
 
@@ -11,7 +13,7 @@ from ae_core.episodes import EpisodeTracker
 from ae_core.errors import ConfigError
 from ae_core.scoring import QUIET_SCORE
 from worker.replay.evaluation import roc_auc
-from worker.replay.simulate import recurring, stress
+from worker.replay.simulate import recurring, simulate, stress
 
 EVENTS, MIDDLE = 6000, 3000
 
@@ -62,18 +64,17 @@ def test_a_constant_channel_beside_moving_ones_counts_once_it_moves() -> None:
 def fleet_with_newcomers(events: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Readings of 10 devices from the start and one more device joining every 100 events after
     the first 3,000 (events interleaved at random), the keys, and each event's count within its key."""
-    from worker.replay.simulate import simulate
-
     X, _, _ = simulate(events, 8, seed=seed, anomaly_every=10**9)
     rng = np.random.default_rng(seed)
-    active, keys = [f"old-{i}" for i in range(10)], []
+    active, keys, nth, seen = [f"old-{i}" for i in range(10)], [], [], Counter()
     for i in range(events):
         if i >= 3000 and i % 100 == 0:
             active.append(f"new-{i}")
-        keys.append(active[rng.integers(len(active))])
-    seen: dict[str, int] = {}
-    nth = np.array([seen.__setitem__(k, seen.get(k, 0) + 1) or seen[k] for k in keys])
-    return X, np.array(keys), nth
+        key = active[rng.integers(len(active))]
+        seen[key] += 1
+        keys.append(key)
+        nth.append(seen[key])
+    return X, np.array(keys), np.array(nth)
 
 
 @pytest.mark.parametrize("slow", [None, 0.1])
