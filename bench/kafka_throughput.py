@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -86,6 +87,7 @@ def main() -> None:
                              "the fewest this stream gives; 700: ~9%%)")
     parser.add_argument("--repeat", type=int, default=2, help="rounds; each figure is the fastest round's")
     args = parser.parse_args()
+    torch.set_num_threads(settings_for(args, "any").torch_threads)  # as the ae-worker command runs
     print(f"events: {args.events}  features: {args.features}  max_poll_records: {args.max_poll_records}  "
           f"cores: {os.cpu_count()}  fastest of {args.repeat} rounds")
     for every in (int(v) for v in args.anomaly_every.split(",")):
