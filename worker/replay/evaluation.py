@@ -16,7 +16,7 @@ def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
     scores = np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=-np.inf)  # warm-up: not judged
     order = np.argsort(-scores, kind="stable")
     s, y = scores[order], y[order]
-    last_of_tie = np.r_[np.diff(s) != 0, True]
+    last_of_tie = np.r_[s[1:] != s[:-1], True]  # (not np.diff: -inf - -inf is nan, and the un-judged rows one tie)
     tp = np.cumsum(y)[last_of_tie]
     seen = np.arange(1, len(y) + 1)[last_of_tie]
     precision, recall = tp / seen, tp / y.sum()
