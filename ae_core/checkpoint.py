@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ae_core.config import DetectorConfig
+from ae_core.correlation import ChannelCorrelation
 from ae_core.detector import AutoencoderDetector
 from ae_core.errors import AECoreError, CheckpointError, SignatureError
 from ae_core.scaling import OnlineScaler
@@ -35,9 +36,10 @@ FORMAT = "ae-worker/detector"
 # 3: per-key last-seen counts (key eviction), and per-key arrays as one tensor beside a list of
 # keys (a tensor per key made 100,000 devices a 35 MiB snapshot taking 6 s); 4: the threshold's
 # summaries exactly as held (a restore was off in the last bits); 5: the density signal (its column
-# in the residual statistics); 2 to 4 are still read, as detectors without the density signal
-VERSION = 5
-READABLE = (2, 3, 4, 5)
+# in the residual statistics); 6: the channels' correlation (decorrelate); 2 to 5 are still read,
+# as detectors without the signals they did not have
+VERSION = 6
+READABLE = (2, 3, 4, 5, 6)
 
 
 def detector_state(det: AutoencoderDetector, metadata: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -51,7 +53,7 @@ def detector_state(det: AutoencoderDetector, metadata: dict[str, Any] | None = N
         "optimizer": det.optimizer.state_dict(),
         "torch_rng": det._torch_rng.get_state(),
         "numpy_rng": det._rng.bit_generator.state,
-        "scaler": _scaler_tensors(det.scaler),
+        "scaler": _state_tensors(det.scaler),
         "threshold": det.threshold.state(),
         "windows": _stacked(det.windows.history),
         "memory": t(det.memory[: min(det.memory_count, det.config.memory_size)].copy()),
@@ -64,8 +66,9 @@ def detector_state(det: AutoencoderDetector, metadata: dict[str, Any] | None = N
         "pending_learn": t(det.pending_learn.copy()),
         "residual_ewma": _stacked(det.scorer.state),
         "keys": det.keys.state(),
-        "residual_raw_stats": _scaler_tensors(det.scorer.raw),
-        "residual_stats": _scaler_tensors(det.scorer.normal),
+        "residual_raw_stats": _state_tensors(det.scorer.raw),
+        "residual_stats": _state_tensors(det.scorer.normal),
+        **({} if det.scorer.correlation is None else {"residual_correlation": _state_tensors(det.scorer.correlation)}),
         "episodes": det.episodes.state(),
         "regime_changes": det.regime_changes,
         "events_seen": det.events_seen,
@@ -90,7 +93,7 @@ def restore_detector(state: dict[str, Any]) -> AutoencoderDetector:
         det.optimizer.load_state_dict(state["optimizer"])
         det._torch_rng.set_state(state["torch_rng"])
         det._rng.bit_generator.state = state["numpy_rng"]
-        det.scaler.load_state(_scaler_state(state["scaler"]))
+        det.scaler.load_state(_state_arrays(state["scaler"]))
         det.threshold.load_state(state["threshold"])
         det.windows.history = _unstacked(state["windows"], state["version"])
         memory = state["memory"].numpy()
@@ -103,8 +106,10 @@ def restore_detector(state: dict[str, Any]) -> AutoencoderDetector:
         det.pending_flag = state["pending_flag"].numpy().copy()
         det.pending_learn = state["pending_learn"].numpy().copy()
         det.scorer.state = _unstacked(state["residual_ewma"], state["version"])
-        det.scorer.raw.load_state(_scaler_state(state["residual_raw_stats"]))
-        det.scorer.normal.load_state(_scaler_state(state["residual_stats"]))
+        det.scorer.raw.load_state(_state_arrays(state["residual_raw_stats"]))
+        det.scorer.normal.load_state(_state_arrays(state["residual_stats"]))
+        if det.scorer.correlation is not None:
+            det.scorer.correlation.load_state(_state_arrays(state["residual_correlation"]))
         det.episodes.load_state(state["episodes"])
         det.regime_changes = int(state["regime_changes"])
         det.events_seen = int(state["events_seen"])
@@ -134,11 +139,12 @@ def _unstacked(saved: dict[str, Any], version: int) -> dict[str, np.ndarray]:
     return {str(k): v.numpy().copy() for k, v in saved.items()}
 
 
-def _scaler_tensors(scaler: OnlineScaler) -> dict[str, torch.Tensor]:
-    return {k: torch.from_numpy(np.atleast_1d(np.asarray(v, dtype=np.float64))) for k, v in scaler.state().items()}
+def _state_tensors(stats: OnlineScaler | ChannelCorrelation) -> dict[str, torch.Tensor]:
+    """Running statistics' state (a count ``n`` and arrays) as tensors."""
+    return {k: torch.from_numpy(np.atleast_1d(np.asarray(v, dtype=np.float64))) for k, v in stats.state().items()}
 
 
-def _scaler_state(tensors: dict[str, torch.Tensor]) -> dict[str, object]:
+def _state_arrays(tensors: dict[str, torch.Tensor]) -> dict[str, object]:
     state: dict[str, object] = {k: v.numpy() for k, v in tensors.items()}
     state["n"] = float(tensors["n"][0])
     return state

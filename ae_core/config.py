@@ -67,6 +67,7 @@ class DetectorConfig:
     adapt_after: int | None = 300
     accept_plateau: int | None = 120
     adapt_steps: int = 8
+    decorrelate: bool = False
     density_weight: float = 0.0
     density_k: int = 5
     top_k: int = 3

@@ -166,7 +166,7 @@ class AutoencoderDetector(AnomalyDetector):
         self.optimizer = torch.optim.Adam(self._params, lr=c.learning_rate, fused=True)
         self.scaler = OnlineScaler(c.n_features, c.resolved_scaling, c.clip, c.stats_horizon)
         self.scorer = ResidualScorer(c.n_features, c.smoothing, c.clip, c.stats_horizon, c.score_aggregate,
-                                     c.density_weight, c.slow_smoothing)
+                                     c.density_weight, c.slow_smoothing, c.decorrelate, c.window)
         self._reference_codes: Reference | None = None  # the memory's codes; dropped when either changes
         self._warned_foreign = False  # said once that an event held none of the channels
         self.episodes = EpisodeTracker(c.episode_quiet, c.adapt_after, c.accept_plateau)

@@ -43,6 +43,7 @@ import math
 import numpy as np
 from scipy.signal import lfilter
 
+from ae_core.correlation import ChannelCorrelation
 from ae_core.keys import by_occurrence, per_key
 from ae_core.scaling import OnlineScaler
 
@@ -62,7 +63,8 @@ class ResidualScorer:
     """Per-key EWMA of clipped standardised residuals, standardised again by normal-event statistics."""
 
     def __init__(self, n_features: int, smoothing: float, clip: float, horizon: int | None = None,
-                 aggregate: str = "mean", density_weight: float = 0.0, slow_smoothing: float | None = None) -> None:
+                 aggregate: str = "mean", density_weight: float = 0.0, slow_smoothing: float | None = None,
+                 decorrelate: bool = False, window: int = 1) -> None:
         self.n_channels = n_features  # residual columns; the density column, when there is one, follows
         self.density_weight = density_weight
         self.width = n_features + (density_weight > 0)  # residual columns, density included
@@ -78,6 +80,9 @@ class ResidualScorer:
         # White noise of unit spread has EWMA spread sqrt(a / (2 - a)); half of it is the floor.
         self.smoothed_floor = np.repeat([0.5 * math.sqrt(a / (2.0 - a)) for a in self.factors], self.width)
         self._rate = np.repeat(self.factors, self.width)  # each smoothed column's factor
+        self.window = window
+        self.correlation = (ChannelCorrelation(n_features // window, len(self.factors), horizon)
+                            if decorrelate else None)
 
     def standardise(self, residuals: np.ndarray) -> np.ndarray:
         spread = np.maximum(self.raw.std, RESIDUAL_FLOOR)
@@ -128,13 +133,28 @@ class ResidualScorer:
         return out
 
     def squared_deviations(self, smoothed: np.ndarray) -> np.ndarray:
-        """Squared standardised smoothed residuals, per event and column (the density column: its excess only)."""
-        spread = np.maximum(self.normal.std, self.smoothed_floor)
-        z = (smoothed - self.normal.mean) / spread
+        """Squared standardised smoothed residuals, per event and column (the density column: its
+        excess only; with ``decorrelate`` the channels' whitened)."""
+        z = self._standardised(smoothed)
+        if self.correlation is not None:
+            channels = self._channel_columns(z)
+            channels[...] = self.correlation.whiten(channels, self.window)
         for b in range(len(self.factors)):
             density = z[:, b * self.width + self.n_channels:(b + 1) * self.width]
             np.maximum(density, 0.0, out=density)
         return np.square(z)
+
+    def _standardised(self, smoothed: np.ndarray) -> np.ndarray:
+        return (smoothed - self.normal.mean) / np.maximum(self.normal.std, self.smoothed_floor)
+
+    def _channel_columns(self, z: np.ndarray) -> np.ndarray:
+        """A view of the channels' columns of each scale block, shape ``(N, scales, channels)``."""
+        return z.reshape(len(z), len(self.factors), self.width)[:, :, :self.n_channels]
+
+    def _learn_correlation(self, smoothed: np.ndarray) -> None:
+        if self.correlation is not None:
+            z = np.clip(self._standardised(smoothed), -self.clip, self.clip)
+            self.correlation.learn_many(self._channel_columns(z), self.window)
 
     def score_and_channels(self, deviations: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """One score per event from its squared standardised deviations (the larger of the scales'),
@@ -161,6 +181,7 @@ class ResidualScorer:
     def learn_many(self, residuals: np.ndarray, smoothed: np.ndarray) -> None:
         self.raw.learn_many(residuals)
         self.normal.learn_many(smoothed)
+        self._learn_correlation(smoothed)
 
     def forget(self, key: str) -> None:
         """Drop a key's running average: its next event starts afresh."""
@@ -182,4 +203,7 @@ class ResidualScorer:
         smoothed = self.smooth(z, None)
         self.state.clear()
         self.normal.learn_many(smoothed)
+        if self.correlation is not None:
+            self.correlation = ChannelCorrelation(self.correlation.channels, self.correlation.scales, self.horizon)
+            self._learn_correlation(smoothed)
         return smoothed

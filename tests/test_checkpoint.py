@@ -95,7 +95,7 @@ def test_version_2_checkpoints_still_restore_and_continue_identically() -> None:
     det = AutoencoderDetector(config("window", slow_smoothing=None))
     det.process_many(correlated(300, 2), np.array(["a", "b"] * 150))
     state = detector_state(det)
-    for later in ("density_weight", "density_k", "episode_hold", "alert_budget", "slow_smoothing"):
+    for later in ("density_weight", "density_k", "episode_hold", "alert_budget", "slow_smoothing", "decorrelate"):
         del state["config"][later]
     state["version"] = 2  # version 2 kept a tensor per key and no last-seen counts
     state["windows"] = {k: torch.from_numpy(v.copy()) for k, v in det.windows.history.items()}

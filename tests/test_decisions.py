@@ -24,38 +24,42 @@ def run(kind: str, **overrides: object) -> tuple[AutoencoderDetector, np.ndarray
     return det, labels, det.process_many(X)
 
 
+@pytest.mark.parametrize("decorrelate", [False, True])
 @pytest.mark.parametrize("kind", ["flat", "noise"])
-def test_streams_without_anomalies_stay_quiet(kind: str) -> None:
-    det, _, res = run(kind)
+def test_streams_without_anomalies_stay_quiet(kind: str, decorrelate: bool) -> None:
+    det, _, res = run(kind, decorrelate=decorrelate)
     judged = res.is_anomaly[det.config.warmup:]
     assert judged.mean() <= 0.002, f"{judged.sum()} of {len(judged)} flagged"
 
 
+@pytest.mark.parametrize("decorrelate", [False, True])
 @pytest.mark.parametrize("channels", [2, 3, 4, 6, 8])
-def test_an_exactly_constant_stream_is_silent(channels: int) -> None:
+def test_an_exactly_constant_stream_is_silent(channels: int, decorrelate: bool) -> None:
     """A stuck sensor, or a CSV of one value: no noise at all. Its scores are far below 1, and a
     threshold that followed them down flagged 27-59% of events at 4 and 6 channels."""
-    det = AutoencoderDetector(DetectorConfig(n_channels=channels))
+    det = AutoencoderDetector(DetectorConfig(n_channels=channels, decorrelate=decorrelate))
     res = det.process_many(np.full((3000, channels), 40.0))
     assert not res.is_anomaly.any() and not res.alert.any()
     assert np.nanmin(res.threshold) >= QUIET_SCORE
 
 
+@pytest.mark.parametrize("decorrelate", [False, True])
 @pytest.mark.parametrize("moved", [[0], [0, 1, 2, 3]])
-def test_a_step_out_of_a_constant_is_alerted_once(moved: list[int]) -> None:
+def test_a_step_out_of_a_constant_is_alerted_once(moved: list[int], decorrelate: bool) -> None:
     X = np.full((EVENTS, 4), 40.0)
     X[MIDDLE:, moved] += 8.0
-    res = AutoencoderDetector(DetectorConfig(n_channels=4)).process_many(X)
+    res = AutoencoderDetector(DetectorConfig(n_channels=4, decorrelate=decorrelate)).process_many(X)
     assert not res.is_anomaly[:MIDDLE].any()
     assert res.alert[MIDDLE] and res.alert.sum() == 1
 
 
-def test_a_constant_channel_beside_moving_ones_counts_once_it_moves() -> None:
+@pytest.mark.parametrize("decorrelate", [False, True])
+def test_a_constant_channel_beside_moving_ones_counts_once_it_moves(decorrelate: bool) -> None:
     rng = np.random.default_rng(0)
     X = rng.normal(size=(EVENTS, 4)) + np.arange(4) * 10.0
-    X[:, 3] = 7.0  # a channel that never moves: no source of false alarms
+    X[:, 3] = 7.0  # a channel that never moves: no source of false alarms (nor a correlation)
     X[MIDDLE:MIDDLE + 100, 3] = 9.0  # until it does
-    res = AutoencoderDetector(DetectorConfig(n_channels=4)).process_many(X)
+    res = AutoencoderDetector(DetectorConfig(n_channels=4, decorrelate=decorrelate)).process_many(X)
     assert res.is_anomaly[400:MIDDLE].mean() <= 0.002
     assert res.is_anomaly[MIDDLE:MIDDLE + 5].any() and res.alert[MIDDLE:MIDDLE + 100].sum() == 1
     assert res.top_channels[MIDDLE, 0] == 3  # and it is the one named
@@ -248,6 +252,41 @@ def test_a_recurring_fault_stays_rare_to_the_density_signal() -> None:
     with_density, error_alone = auc(density_weight=1.0), auc()
     assert with_density >= 0.88, with_density  # 0.91 when written
     assert with_density >= error_alone + 0.04, (with_density, error_alone)  # 0.83 when written
+
+
+def test_decorrelated_a_common_swing_counts_once_and_a_broken_relation_stands_out() -> None:
+    """Four channels whose residuals move together on normal events (a shared swing, as server
+    metrics under load). Summed as independent, a swing of all four and a break of the same size
+    (two up, two down) score alike; with ``decorrelate`` the break scores many times the swing,
+    and the swing about as a normal event. (Written: 3.6 and 3.7 apart; 1.0 and 29 together.)"""
+    from ae_core.scoring import ResidualScorer
+
+    rng = np.random.default_rng(3)
+    normal = rng.normal(size=(2000, 1)) + 0.3 * rng.normal(size=(2000, 4))
+    swing, broken = np.full((1, 4), 2.0), np.array([[2.0, 2.0, -2.0, -2.0]])
+    scores = {}
+    for decorrelate in (False, True):
+        scorer = ResidualScorer(4, 1.0, 20.0, decorrelate=decorrelate)  # smoothing 1: each residual's own score
+        scorer.restart(normal)
+        scores[decorrelate] = tuple(float(scorer.score_and_channels(scorer.squared_deviations(
+            scorer.standardise(r)))[0][0]) for r in (swing, broken))
+    (swing_apart, broken_apart), (swing_together, broken_together) = scores[False], scores[True]
+    assert abs(broken_apart - swing_apart) <= 0.1 * swing_apart, scores
+    assert broken_together >= 10 * swing_together, scores
+    assert swing_together <= 1.5, scores
+
+
+def test_lags_share_their_channels_correlation() -> None:
+    """With a window, each lag's channels are whitened by the one matrix of the channels."""
+    from ae_core.correlation import ChannelCorrelation
+
+    rng = np.random.default_rng(4)
+    lags, z = 3, rng.normal(size=(500, 1, 6)) + rng.normal(size=(500, 1, 1))  # 3 lags of 2 channels
+    corr = ChannelCorrelation(2, 1, None)
+    corr.learn_many(z, lags)
+    per_lag = np.concatenate([corr.whiten(z[:, :, 2 * lag:2 * lag + 2], 1) for lag in range(lags)], axis=2)
+    np.testing.assert_allclose(corr.whiten(z, lags), per_lag)
+    assert corr.n == 500 * lags
 
 
 def test_episode_closes_after_the_quiet_period() -> None:

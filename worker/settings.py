@@ -105,6 +105,10 @@ class DetectorSettings(BaseModel):
                                         "adapt_after none: never)")
     adapt_steps: int = Field(8, ge=0, description="extra optimisation steps per mini-batch holding flagged events "
                              "of an accepted episode (catching up with the new normal)")
+    decorrelate: bool = Field(False, description="score the residuals by their distance under the channels' "
+                              "usual correlations (whitened, the multivariate EWMA chart's T-squared): channels "
+                              "that move together count once, and a break in how they move together stands "
+                              "out; for many correlated channels (server metrics) with a long warm-up")
     density_weight: float = Field(0.0, ge=0, description="weight, in channels, of the density signal beside the "
                                   "residual channels in the score: how isolated an event's bottleneck code is "
                                   "among the remembered normal codes (keeps a fault that recurs rare after the "
