@@ -20,6 +20,10 @@ The score therefore follows the residual *vector* ``r = x_hat - x`` (scaled unit
    spread over many channels) or the largest (``"max"``: best for a fault in one or two sensors
    among many) of the squared standardised values.
 
+With ``decorrelate`` step 3 first whitens the channels' standardised values by their
+correlation on normal events (:mod:`ae_core.correlation`), so the mean square is the
+multivariate EWMA chart's T-squared per channel.
+
 A second signal may ride along as one more column of ``r`` (see :mod:`ae_core.density`): the
 distance of the event's bottleneck code to normal codes. It goes through steps 1 and 2 like a
 channel; in step 3 only its excess counts (an event closer to normal codes than usual is not
