@@ -21,9 +21,11 @@ def result_records(res: BatchResult, channels: tuple[str, ...], rows: np.ndarray
     ``regime_change: true``."""
     pick = np.arange(len(res)) if rows is None else np.asarray(rows)
     names = np.asarray(channels, dtype=object)
-    contributions = [[{"channel": n, "share": s} for n, s in zip(ns, ss)]
-                     for ns, ss in zip(names[res.top_channels[pick]].tolist(),
-                                       np.round(res.top_shares[pick], 4).tolist())]
+    k = res.top_channels.shape[1]
+    # every event's dicts in one pass, then cut a list per event (half the cost of a pass per event)
+    flat = [{"channel": n, "share": s} for n, s in zip(names[res.top_channels[pick]].ravel().tolist(),
+                                                          np.round(res.top_shares[pick], 4).ravel().tolist())]
+    contributions = [flat[i:i + k] for i in range(0, len(flat), k)]
     columns: dict[str, list[Any]] = {
         **(leading or {}),
         "score": _nan_to_none(res.score[pick].tolist()),
@@ -38,12 +40,13 @@ def result_records(res: BatchResult, channels: tuple[str, ...], rows: np.ndarray
         columns["latent"] = res.latent[pick].tolist()
     keys = list(columns)
     records = [dict(zip(keys, values)) for values in zip(*columns.values())]
-    for record, row in zip(records, pick.tolist()):
+    marked = np.flatnonzero(np.isin(pick, [*res.closed, *np.flatnonzero(res.regime_change).tolist()]))
+    for at, row in zip(marked.tolist(), pick[marked].tolist()):  # (the few events that close or accept)
         closed = res.closed.get(row)
         if closed is not None:
-            record["episode_closed"] = episode_summary(closed)
+            records[at]["episode_closed"] = episode_summary(closed)
         if res.regime_change[row]:
-            record["regime_change"] = True
+            records[at]["regime_change"] = True
     return records
 
 
