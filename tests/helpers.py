@@ -22,9 +22,10 @@ CONFIGS = {
     "spot-alert-budget": dict(n_channels=5, threshold_rule="spot", alert_budget=100.0, batch_size=32,
                               threshold_window=256),
     "max-aggregate": dict(n_channels=5, score_aggregate="max"),
-    # the channels' correlation taken out of the score: its co-moments in every snapshot; with a
-    # window (lags share a channel's correlations) and two time scales (a matrix per scale)
-    "decorrelated": dict(n_channels=5, decorrelate=True),
+    # the channels' correlation taken out of the score: its co-moments in every snapshot; beside
+    # the density column (not whitened), and with a window (lags share a channel's correlations)
+    # and two time scales (a matrix per scale)
+    "decorrelated-density": dict(n_channels=5, decorrelate=True, density_weight=1.0),
     "decorrelated-window-two-scales": dict(n_channels=2, window=4, decorrelate=True, slow_smoothing=0.1),
     # the density signal beside reconstruction error: its column in every statistic and snapshot
     "density": dict(n_channels=5, density_weight=1.0),
