@@ -112,6 +112,8 @@ def f1_left(labels: list[np.ndarray], flags: list[np.ndarray]) -> dict[str, obje
     for y, f in zip(labels, flags):
         hit = np.flatnonzero((y > 0.5) & f.astype(bool))
         run = np.flatnonzero(y > 0.5)
+        if not len(run):
+            continue
         if len(hit) < 0.3 * len(run):
             rows["missed"] += len(run) - len(hit)
             continue
