@@ -12,6 +12,7 @@ rare. Prints the ROC-AUC and AUC-PR of the scores after warm-up, averaged over t
 * the same with its defaults (``density_weight=0``: reconstruction error alone);
 * both again with ``learn_on_anomalies=true``: every event is learned, flagged or not, as in a
   river pipeline without a filter: the network sees every occurrence;
+* the defaults with ``decorrelate`` (the channels' correlation taken out of the score);
 * river's HalfSpaceTrees behind a MinMaxScaler, as its docs advise, event by event.
 
 The last column is each model's ROC-AUC as a share of HalfSpaceTrees'.
@@ -37,6 +38,7 @@ MODELS = {
     "ae-worker (defaults: error alone)": {},
     "ae-worker, learn_on_anomalies, density 1": {"learn_on_anomalies": True, "density_weight": 1.0},
     "ae-worker, learn_on_anomalies": {"learn_on_anomalies": True},
+    "ae-worker, decorrelate": {"decorrelate": True},
 }
 
 
