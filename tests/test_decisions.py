@@ -276,6 +276,26 @@ def test_decorrelated_a_common_swing_counts_once_and_a_broken_relation_stands_ou
     assert swing_together <= 1.5, scores
 
 
+def test_decorrelated_catches_more_of_the_simulated_faults_without_more_false_alarms() -> None:
+    """The simulated plant (``simulate``: broken correlations, drifts, level shifts, spikes, stuck
+    sensors among channels that swing together with its cycle), seeds 0-5: with ``decorrelate``
+    more of the faults' rows are flagged and, on average, no more of the normal ones. (Written:
+    recall 0.545 -> 0.743, false-alarm rate 1.11% -> 0.97%; seed by seed the rate rose on three
+    seeds and fell on three.)"""
+    recall: dict[bool, list[float]] = {False: [], True: []}
+    false_alarms: dict[bool, list[float]] = {False: [], True: []}
+    for seed in range(6):
+        X, labels, _ = simulate(20_000, 8, seed=seed)
+        faulty = labels[400:] > 0.5
+        for decorrelate in (False, True):
+            det = AutoencoderDetector(DetectorConfig(n_channels=8, decorrelate=decorrelate))
+            flags = det.process_many(X).is_anomaly[400:]
+            recall[decorrelate].append(float(flags[faulty].mean()))
+            false_alarms[decorrelate].append(float(flags[~faulty].mean()))
+    assert np.mean(recall[True]) >= np.mean(recall[False]) + 0.1, recall
+    assert np.mean(false_alarms[True]) <= 1.2 * np.mean(false_alarms[False]), false_alarms
+
+
 def test_lags_share_their_channels_correlation() -> None:
     """With a window, each lag's channels are whitened by the one matrix of the channels."""
     from ae_core.correlation import ChannelCorrelation
