@@ -33,24 +33,29 @@ _TINY = 1e-12
 
 class ChannelCorrelation:
     """Running co-moments of standardised deviations between ``channels`` channels, one matrix per
-    time scale, and the whitening matrices they give."""
+    time scale (the lags of a window pooled), and the whitening matrices they give."""
 
-    def __init__(self, channels: int, scales: int, horizon: int | None) -> None:
+    def __init__(self, channels: int, scales: int, lags: int, horizon: int | None) -> None:
         self.channels = channels
         self.scales = scales
+        self.lags = lags
         self.horizon = horizon
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything learned."""
         self.n = 0.0  # rows learned (events times lags), after forgetting
-        self.comoment = np.zeros((scales, channels, channels))
+        self.comoment = np.zeros((self.scales, self.channels, self.channels))
         self._whiteners: np.ndarray | None = None
 
-    def learn_many(self, z: np.ndarray, lags: int) -> None:
+    def learn_many(self, z: np.ndarray) -> None:
         """Learn rows of standardised deviations, shape ``(N, scales, lags * channels)``."""
         if len(z) == 0:
             return
-        split = z.reshape(len(z), self.scales, lags, self.channels)
+        split = z.reshape(len(z), self.scales, self.lags, self.channels)
         rows = split.transpose(1, 0, 2, 3).reshape(self.scales, -1, self.channels)  # per scale: (events x lags) rows
         m = rows.shape[1]
-        kept = self.n if self.horizon is None else min(self.n, max(self.horizon * lags - m, 0))
+        kept = self.n if self.horizon is None else min(self.n, max(self.horizon * self.lags - m, 0))
         if self.n > 0:
             self.comoment *= kept / self.n
         for scale, block in enumerate(rows):
@@ -58,13 +63,13 @@ class ChannelCorrelation:
         self.n = kept + m
         self._whiteners = None
 
-    def whiten(self, z: np.ndarray, lags: int) -> np.ndarray:
+    def whiten(self, z: np.ndarray) -> np.ndarray:
         """``z`` (shape ``(N, scales, lags * channels)``) with each lag's channels whitened."""
         if self.n == 0:
             return z
         if self._whiteners is None:
             self._whiteners = np.stack([_inverse_sqrt(self._correlation(s)) for s in range(self.scales)])
-        split = z.reshape(len(z), self.scales, lags, self.channels)
+        split = z.reshape(len(z), self.scales, self.lags, self.channels)
         out = np.empty_like(split)
         for scale, whitener in enumerate(self._whiteners):
             out[:, scale] = split[:, scale] @ whitener

@@ -84,8 +84,7 @@ class ResidualScorer:
         # White noise of unit spread has EWMA spread sqrt(a / (2 - a)); half of it is the floor.
         self.smoothed_floor = np.repeat([0.5 * math.sqrt(a / (2.0 - a)) for a in self.factors], self.width)
         self._rate = np.repeat(self.factors, self.width)  # each smoothed column's factor
-        self.window = window
-        self.correlation = (ChannelCorrelation(n_features // window, len(self.factors), horizon)
+        self.correlation = (ChannelCorrelation(n_features // window, len(self.factors), window, horizon)
                             if decorrelate else None)
 
     def standardise(self, residuals: np.ndarray) -> np.ndarray:
@@ -142,7 +141,7 @@ class ResidualScorer:
         z = self._standardised(smoothed)
         if self.correlation is not None:
             channels = self._channel_columns(z)
-            channels[...] = self.correlation.whiten(channels, self.window)
+            channels[...] = self.correlation.whiten(channels)
         for b in range(len(self.factors)):
             density = z[:, b * self.width + self.n_channels:(b + 1) * self.width]
             np.maximum(density, 0.0, out=density)
@@ -158,7 +157,7 @@ class ResidualScorer:
     def _learn_correlation(self, smoothed: np.ndarray) -> None:
         if self.correlation is not None:
             z = np.clip(self._standardised(smoothed), -self.clip, self.clip)
-            self.correlation.learn_many(self._channel_columns(z), self.window)
+            self.correlation.learn_many(self._channel_columns(z))
 
     def score_and_channels(self, deviations: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """One score per event from its squared standardised deviations (the larger of the scales'),
@@ -208,6 +207,6 @@ class ResidualScorer:
         self.state.clear()
         self.normal.learn_many(smoothed)
         if self.correlation is not None:
-            self.correlation = ChannelCorrelation(self.correlation.channels, self.correlation.scales, self.horizon)
+            self.correlation.reset()
             self._learn_correlation(smoothed)
         return smoothed

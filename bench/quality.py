@@ -20,6 +20,7 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -94,7 +95,7 @@ def skab(data: Path, detector: DetectorSettings, with_hst: bool) -> dict[str, ob
     y, f = np.concatenate(labels), np.concatenate(flags)
     out = flag_metrics(y, f)
     out.update(alerts=alerts, files=len(labels), false_alarms_after_anomaly=post, alerting=alert_report(parts),
-               f1_left=f1_left(labels, flags))
+               f1_left=f1_left(labels, flags, out))
     out["auc_pr"] = float(np.mean([average_precision(a, b) for a, b in zip(labels, scores)]))  # mean per file
     out["auc_pr_pooled"] = average_precision(y, np.concatenate(scores))
     if with_hst:
@@ -103,11 +104,12 @@ def skab(data: Path, detector: DetectorSettings, with_hst: bool) -> dict[str, ob
     return out
 
 
-def f1_left(labels: list[np.ndarray], flags: list[np.ndarray]) -> dict[str, object]:
+def f1_left(labels: list[np.ndarray], flags: list[np.ndarray], pooled: dict[str, Any]) -> dict[str, object]:
     """Where the pooled F1 is lost, one recording's labelled run each: the rows of runs barely
     flagged (under 30%: missed), and in the others the unflagged rows before the first flag
     (delay), between the first and last (holes) and after the last (the label runs on after the
-    flags stop); with the F1 each fix would give, cumulatively, false rows dropped first."""
+    flags stop); with the F1 each fix would give, cumulatively, false rows dropped first.
+    ``pooled``: :func:`flag_metrics` of all the recordings' rows."""
     rows = {"missed": 0, "delay": 0, "holes": 0, "after_last_flag": 0}
     for y, f in zip(labels, flags):
         hit = np.flatnonzero((y > 0.5) & f.astype(bool))
@@ -120,8 +122,7 @@ def f1_left(labels: list[np.ndarray], flags: list[np.ndarray]) -> dict[str, obje
         rows["delay"] += int(hit[0] - run[0])
         rows["holes"] += int(hit[-1] - hit[0] + 1 - len(hit))
         rows["after_last_flag"] += int(run[-1] - hit[-1])
-    m = flag_metrics(np.concatenate(labels), np.concatenate(flags))
-    tp, fn, f1 = m["tp"], m["fn"], {}
+    tp, fn, f1 = pooled["tp"], pooled["fn"], {}
     for fix in ("no false rows", "holes", "delay", "after_last_flag", "missed"):
         if fix != "no false rows":
             tp, fn = tp + rows[fix], fn - rows[fix]
