@@ -6,7 +6,7 @@ and walks it back through its engine, and that costs more than the matrix produc
 (a forward and backward pass on 512 events of 8 features: 0.86 ms through autograd, 0.41 ms here,
 one thread). The chain rule here calls the kernels autograd's backward formulas call, on the
 same operands in the same layout: the forward pass as ``F.linear`` (``addmm``); the weight
-gradient as ``(input^T @ grad)^T``, the bias gradient as ``grad.sum(0)``, the input gradient as
+gradient as ``grad^T @ input``, the bias gradient as ``grad.sum(0)``, the input gradient as
 ``grad @ W``; ReLU's and the sigmoid's own backward kernels; the loss gradient as autograd's
 formulas compute it. So the gradients equal autograd's to the bit (``tests/test_backprop.py``
 holds every loss and output to it), and so does everything the detector learns.
@@ -32,7 +32,7 @@ def set_gradients(module: Autoencoder, inputs: torch.Tensor, target: torch.Tenso
     grad = _loss_gradient(h, target, loss, output, 1.0 / errors.numel())
     for k in range(len(layers) - 1, -1, -1):
         layer, below = layers[k][0], seen[k]
-        layer.weight.grad = torch.mm(below.t(), grad).t().contiguous()
+        layer.weight.grad = torch.mm(grad.t(), below)
         layer.bias.grad = grad.sum(0)
         if k > 0:
             grad = torch.mm(grad, layer.weight)
