@@ -66,7 +66,7 @@ class DetectorConfig:
     episode_hold: float | None = None
     adapt_after: int | None = 300
     accept_plateau: int | None = 120
-    adapt_steps: int = 8
+    adapt_steps: int = 32
     decorrelate: bool = False
     density_weight: float = 0.0
     density_k: int = 5
