@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
-from worker.kafka.events import EventError, EventParser, infer_channels
+from worker.kafka.events import EventError, EventParser, infer_channels, readings_matrix
 
 
 def dumps(obj: object) -> bytes:
@@ -205,6 +206,17 @@ def test_events_of_the_usual_shape_are_decoded_without_parse(monkeypatch: pytest
     first, second = parser.parse_many(usual, [None, b"valve-3"], [None, 5])
     assert (first.key, first.values, first.timestamp) == ("k", [1.0, 2.0], "2026-01-01T00:00:00+00:00")
     assert (second.key, second.values, second.record_ts_ms) == ("valve-3", [3.0, 4.0], 5)
+
+
+def test_a_polls_readings_become_one_matrix_in_event_order() -> None:
+    parser = EventParser(("a", "b", "c"), False, 1000)
+    values = [dumps({"key": "k", "readings": {"c": 3, "a": 1.5, "b": -2.0}}), dumps({"readings": [4.0, 5, 6.25]}),
+              b'\xef\xbb\xbf' + dumps({"key": "k", "readings": {"a": 7.0, "b": 8.0, "c": 9.0}})]  # (parse's path)
+    events = parser.parse_many(values, [None, b"valve-3", None], [None, None, None])
+    matrix = readings_matrix(events)
+    assert matrix.dtype == np.float64 and matrix.shape == (3, 3)
+    assert matrix.tolist() == [[1.5, -2.0, 3.0], [4.0, 5.0, 6.25], [7.0, 8.0, 9.0]]
+    assert readings_matrix([]).shape == (0, 0)
 
 
 def test_lists_are_refused_when_the_channels_were_found_not_configured() -> None:

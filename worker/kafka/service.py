@@ -25,7 +25,7 @@ from kafka.structs import OffsetAndMetadata
 
 from worker.errors import WorkerError
 from worker.kafka.delivery import BatchFailed, PublishError, make_delivery, patiently, retriable
-from worker.kafka.events import EventError
+from worker.kafka.events import EventError, readings_matrix
 from worker.kafka.kafka_io import (
     check_codecs,
     ensure_topics,
@@ -361,7 +361,7 @@ class Worker:
         det = state.detector
         evicted_before = det.keys.evicted
         with self._stage("detector"):
-            res = det.process_many(np.array([g.values for g in good]), np.array([g.key for g in good]))
+            res = det.process_many(readings_matrix(good), np.array([g.key for g in good]))
         live = np.array([m.offset >= live_from for m in good_msgs])
         flagged = np.flatnonzero(res.is_anomaly & live)
         closed = [i for i in res.closed if live[i]]
