@@ -36,10 +36,11 @@ FORMAT = "ae-worker/detector"
 # 3: per-key last-seen counts (key eviction), and per-key arrays as one tensor beside a list of
 # keys (a tensor per key made 100,000 devices a 35 MiB snapshot taking 6 s); 4: the threshold's
 # summaries exactly as held (a restore was off in the last bits); 5: the density signal (its column
-# in the residual statistics); 6: the channels' correlation (decorrelate); 2 to 5 are still read,
-# as detectors without the signals they did not have
-VERSION = 6
-READABLE = (2, 3, 4, 5, 6)
+# in the residual statistics); 6: the channels' correlation (decorrelate); 7: whether a new normal
+# was accepted in the pending mini-batch (its catch-up steps); 2 to 6 are still read, as detectors
+# without the signals they did not have
+VERSION = 7
+READABLE = (2, 3, 4, 5, 6, 7)
 
 
 def detector_state(det: AutoencoderDetector, metadata: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -71,6 +72,7 @@ def detector_state(det: AutoencoderDetector, metadata: dict[str, Any] | None = N
         **({} if det.scorer.correlation is None else {"residual_correlation": _state_tensors(det.scorer.correlation)}),
         "episodes": det.episodes.state(),
         "regime_changes": det.regime_changes,
+        "pending_accepted": det.pending_accepted,
         "events_seen": det.events_seen,
         "batches_learned": det.batches_learned,
         "last_loss": det.last_loss,
@@ -112,6 +114,8 @@ def restore_detector(state: dict[str, Any]) -> AutoencoderDetector:
             det.scorer.correlation.load_state(_state_arrays(state["residual_correlation"]))
         det.episodes.load_state(state["episodes"])
         det.regime_changes = int(state["regime_changes"])
+        # (versions before 7 caught up in every mini-batch of an accepted episode, and kept no mark)
+        det.pending_accepted = bool(state.get("pending_accepted", False))
         det.events_seen = int(state["events_seen"])
         det.batches_learned = int(state["batches_learned"])
         det.last_loss = state["last_loss"]

@@ -192,6 +192,7 @@ class AutoencoderDetector(AnomalyDetector):
         self.pending_flag = np.zeros(0, dtype=bool)
         self.pending_learn = np.zeros(0, dtype=bool)
         self.regime_changes = 0
+        self.pending_accepted = False  # a new normal was accepted in the pending mini-batch
         self.events_seen = 0
         self.batches_learned = 0
         self.last_loss: float | None = None
@@ -301,6 +302,7 @@ class AutoencoderDetector(AnomalyDetector):
             threshold = np.where(episodes.held_level, hold, threshold)
         if episodes.accepted.any():
             self.regime_changes += int(episodes.accepted.sum())
+            self.pending_accepted = True
             logger.info("accepting a new normal in episode(s) %s (open adapt_after=%s events, or settled on a "
                         "plateau)", episodes.episode[episodes.accepted].tolist(), c.adapt_after)
         top, shares = self._contributions(channel_deviations)
@@ -327,10 +329,12 @@ class AutoencoderDetector(AnomalyDetector):
         normal = ~self.pending_flag
         self._learn(self.pending_x[self.pending_learn])
         adapting = self.pending_x[self.pending_learn & self.pending_flag]
-        if len(adapting) and not self.config.learn_on_anomalies:
-            # Accepted but still flagged: the network is behind the new normal. Extra steps on
-            # those events beside the remembered ones catch it up without forgetting the old.
+        if len(adapting) and self.pending_accepted and not self.config.learn_on_anomalies:
+            # A new normal accepted in this mini-batch, its events still flagged: the network is
+            # behind it. Extra steps on those events beside the remembered ones catch it up at
+            # once without forgetting the old; later mini-batches learn them as any normal events.
             self._fit(np.concatenate([adapting, self._remembered()]), self.config.adapt_steps)
+        self.pending_accepted = False
         self.scorer.learn_many(self.pending_residual[normal], self.pending_smoothed[normal])
         judged = ~np.isnan(self.pending_score)
         limit = self._limit()

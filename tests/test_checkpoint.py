@@ -13,6 +13,7 @@ import torch
 from ae_core import AutoencoderDetector, CheckpointError, SignatureError, load_detector, save_detector
 from ae_core.checkpoint import MAGIC, detector_state, dumps, loads, loads_with_metadata, restore_detector
 from tests.helpers import CONFIGS, config, correlated
+from worker.replay.simulate import stress
 
 
 @pytest.fixture
@@ -100,12 +101,25 @@ def test_version_2_checkpoints_still_restore_and_continue_identically() -> None:
     state["version"] = 2  # version 2 kept a tensor per key and no last-seen counts
     state["windows"] = {k: torch.from_numpy(v.copy()) for k, v in det.windows.history.items()}
     state["residual_ewma"] = {k: torch.from_numpy(v.copy()) for k, v in det.scorer.state.items()}
-    del state["keys"]
+    del state["keys"], state["pending_accepted"]
     twin = restore_detector(copy.deepcopy(state))  # as from bytes: no tensor shared with det
     # saved before these settings: restored without them, not with today's defaults
     assert (twin.config.episode_hold, twin.config.alert_budget, twin.config.slow_smoothing) == (None, None, None)
     nxt, keys = correlated(130, 2, seed=9), np.array(["a", "b"] * 65)
     np.testing.assert_array_equal(det.process_many(nxt, keys).score, twin.process_many(nxt, keys).score)
+
+
+def test_a_restore_between_an_acceptance_and_its_catch_up_continues_identically() -> None:
+    """The catch-up steps of a new normal come at the end of the mini-batch that accepted it: a
+    snapshot taken in between carries that it is due."""
+    X, _ = stress("step", 6000, 4, seed=0)  # a shift that stays, from event 3000
+    det = AutoencoderDetector(n_channels=4)
+    accepted = np.flatnonzero(det.process_many(X[:3150]).regime_change)
+    assert accepted.tolist() and accepted[0] >= 3000 and det.pending_accepted  # (the mini-batch ends at 3216)
+    twin = loads(dumps(det))
+    ours, theirs = det.process_many(X[3150:]), twin.process_many(X[3150:])
+    np.testing.assert_array_equal(ours.score, theirs.score)
+    np.testing.assert_array_equal(ours.is_anomaly, theirs.is_anomaly)
 
 
 def test_per_key_state_without_its_keys_is_refused(saved) -> None:

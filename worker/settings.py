@@ -103,8 +103,9 @@ class DetectorSettings(BaseModel):
                                         "flagged with a score that stopped changing (a new steady level) is "
                                         "accepted then, before adapt_after (none = only after adapt_after; "
                                         "adapt_after none: never)")
-    adapt_steps: int = Field(32, ge=0, description="extra optimisation steps per mini-batch holding flagged events "
-                             "of an accepted episode (catching up with the new normal)")
+    adapt_steps: int = Field(32, ge=0, description="extra optimisation steps, at the end of the mini-batch in which "
+                             "a new normal is accepted, on its flagged events beside remembered normal ones (the "
+                             "network catches up with it at once)")
     decorrelate: bool = Field(False, description="score the residuals by their distance under the channels' "
                               "usual correlations (whitened, the multivariate EWMA chart's T-squared): channels "
                               "that move together count once, and a break in how they move together stands "
