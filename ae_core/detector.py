@@ -138,6 +138,7 @@ class AutoencoderDetector(AnomalyDetector):
             state["_torch_rng"] = rng
         state.setdefault("_reference_codes", None)  # (caches a pickle made before them lacks)
         state.setdefault("_warned_foreign", False)
+        state.setdefault("pending_accepted", False)  # (a pickle from before the catch-up mark)
         self.__dict__.update(state)
 
     @classmethod
