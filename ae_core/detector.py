@@ -329,12 +329,13 @@ class AutoencoderDetector(AnomalyDetector):
         # stops being flagged once the network reconstructs it, not because the bar was raised.
         normal = ~self.pending_flag
         self._learn(self.pending_x[self.pending_learn])
-        adapting = self.pending_x[self.pending_learn & self.pending_flag]
-        if len(adapting) and self.pending_accepted and not self.config.learn_on_anomalies:
+        if self.pending_accepted and not self.config.learn_on_anomalies:
             # A new normal accepted in this mini-batch, its events still flagged: the network is
             # behind it. Extra steps on those events beside the remembered ones catch it up at
             # once without forgetting the old; later mini-batches learn them as any normal events.
-            self._fit(np.concatenate([adapting, self._remembered()]), self.config.adapt_steps)
+            adapting = self.pending_x[self.pending_learn & self.pending_flag]
+            if len(adapting):
+                self._fit(np.concatenate([adapting, self._remembered()]), self.config.adapt_steps)
         self.pending_accepted = False
         self.scorer.learn_many(self.pending_residual[normal], self.pending_smoothed[normal])
         judged = ~np.isnan(self.pending_score)
