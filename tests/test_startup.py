@@ -8,8 +8,12 @@ import time
 import urllib.error
 import urllib.request
 
+from kafka.errors import KafkaConnectionError
+
 from tests.conftest import free_port
 from tests.test_kafka_worker import run_cli
+from worker.kafka.service import Worker
+from worker.settings import load_settings
 
 
 def status(port: int, path: str) -> int | None:
@@ -57,3 +61,23 @@ def test_no_broker_within_the_start_timeout_is_one_clear_error() -> None:
         last = err.strip().splitlines()[-1]
         assert last.startswith(f"ae-worker: error: no Kafka broker answered at 127.0.0.1:{nowhere} within 2 s"), err
         assert "Traceback" not in err
+
+
+def test_idle_timeout_counts_from_the_brokers_return_not_from_the_last_failed_call() -> None:
+    # seen in CI: the backoff before the broker's first answer after an outage (up to 8 s) counted
+    # as idleness, so a worker with idle_timeout 10 exited before fetching what was fed meanwhile
+    worker = Worker(load_settings(service={"metrics_port": 0, "idle_timeout": 10}))
+    answered: list[float] = []
+
+    def broker_back_on_the_second_try() -> str:
+        if not answered:
+            answered.append(0.0)
+            raise KafkaConnectionError("the broker is away")
+        answered.append(time.monotonic())
+        return "end offsets"
+
+    worker._idle_since = time.monotonic() - 60  # a minute since the last event
+    assert worker._retry("checking the broker", broker_back_on_the_second_try) == "end offsets"
+    assert worker._waiting_for is None and worker.ready is False  # (no partitions: not ready anyway)
+    assert worker._idle_since >= answered[-1]
+    assert worker.metrics.broker_waits.labels("checking the broker")._value.get() == 1

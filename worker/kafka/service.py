@@ -242,6 +242,9 @@ class Worker:
         if self._waiting_for is not None:
             logger.info("the broker answers again (%s): carrying on", what)
             self._waiting_for = None
+            # idle_timeout counts from the broker's return: the backoff before this answer was
+            # waiting too, and the events fed meanwhile have yet to be fetched
+            self._idle_since = time.monotonic()
         return result
 
     def _starting(self, what: str, exc: BaseException) -> None:
