@@ -379,6 +379,42 @@ def test_record_then_replay_reproduces_the_original_flags(kafka: str, topic_pref
     assert len(flags[1]) == 1500 and flags[0] == flags[1] and any(flags[0])
 
 
+def test_record_that_stalls_before_the_topics_end_fails_and_keeps_what_it_read(
+        kafka: str, topic_prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    from worker.cli import main
+    from worker.kafka import transfer
+
+    s = settings(kafka, topic_prefix)
+    produce(recording_file(tmp_path, 3000, seed=2), s.kafka, f"{topic_prefix}-in", "pump-1", speed=0, create=True)
+    real = transfer.make_consumer
+    polled: list[int] = []
+
+    def stalling_after_the_first_events(*args: Any, **kwargs: Any) -> Any:
+        # the fetches stop after the first poll that brought events (as when the broker goes away)
+        consumer = real(*args, **kwargs)
+        poll = consumer.poll
+
+        def poll_then_stall(**poll_args: Any) -> Any:
+            batch = poll(**poll_args)
+            if batch and not polled:
+                polled.append(sum(len(messages) for messages in batch.values()))
+                consumer.pause(*consumer.assignment())
+            return batch
+
+        consumer.poll = poll_then_stall
+        return consumer
+
+    monkeypatch.setattr(transfer, "make_consumer", stalling_after_the_first_events)
+    out = tmp_path / "recorded.jsonl"
+    code = main(["record", "--bootstrap-servers", kafka, "--topic", f"{topic_prefix}-in", "-o", str(out),
+                 "--idle-timeout", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert polled and polled[0] < 3000
+    assert f"partition 0 at offset {polled[0]} of 3000" in err and f"only the {polled[0]} events" in err
+    assert len(out.read_text().splitlines()) == polled[0]
+
+
 def test_produce_keeps_the_recording_pace_times_the_speed(kafka: str, topic_prefix: str, tmp_path: Path) -> None:
     s = settings(kafka, topic_prefix)
     X, labels, _ = simulate(11, 2, seed=0)

@@ -197,7 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     record.add_argument("--output", "-o", required=True, help="the JSON lines file to write")
     record.add_argument("--max-events", type=int, help="stop after this many events")
     record.add_argument("--idle-timeout", type=float, default=5.0, dest="record_idle_timeout",
-                        help="stop after this many seconds without an event")
+                        help="give up (exit 2, keeping what was written) after this many seconds without an "
+                        "event before the topic's end")
     add_kafka_flags(record, run=False, create=False)
 
     simulate = command("simulate", "write a simulated sensor recording with labelled anomalies")

@@ -12,11 +12,16 @@ from typing import Any
 import orjson
 from kafka import TopicPartition
 
+from worker.errors import WorkerError
 from worker.kafka.kafka_io import TopicMissingError, ensure_topics, make_consumer, make_producer, wait_for_broker
 from worker.replay.sources import Recording, parse_reading
 from worker.settings import KafkaSettings
 
 logger = logging.getLogger(__name__)
+
+
+class RecordingIncompleteError(WorkerError):
+    """``record`` got no event for its idle timeout before reaching the topic's end."""
 
 
 def event_payload(fields: dict[str, Any], recording: Recording, key: str) -> dict[str, Any]:
@@ -76,7 +81,9 @@ def produce(recording: Recording, kafka: KafkaSettings, topic: str, key: str, sp
 
 def record(kafka: KafkaSettings, topic: str, output: Path, max_events: int | None, idle_timeout: float,
            start_timeout: float | None = None) -> int:
-    """Write a topic's events, from the beginning to the current end, as a replayable JSONL file."""
+    """Write a topic's events, from the beginning to the current end, as a replayable JSONL file.
+    ``idle_timeout`` seconds without an event before that end raise :class:`RecordingIncompleteError`
+    (the file keeps what was read): an incomplete recording never passes for the whole topic."""
     if not wait_for_broker(kafka, threading.Event(), start_timeout):
         return 0
     consumer = make_consumer(kafka, group_id=None)
@@ -98,7 +105,14 @@ def record(kafka: KafkaSettings, topic: str, output: Path, max_events: int | Non
                 batch = consumer.poll(timeout_ms=200)
                 if not batch:
                     if time.monotonic() - last_event > idle_timeout:
-                        break
+                        # short of the end that was asked for: the file is not the whole topic
+                        fh.flush()
+                        short = ", ".join(f"partition {tp.partition} at offset {consumer.position(tp)} of {end[tp]}"
+                                          for tp in tps if consumer.position(tp) < end[tp])
+                        raise RecordingIncompleteError(
+                            f"no event from {topic} for {idle_timeout:g} s before its end ({short}): {output} "
+                            f"holds only the {written} events read so far; is the broker reachable? "
+                            "(--idle-timeout waits longer)")
                     continue
                 last_event = time.monotonic()
                 for tp in tps:
