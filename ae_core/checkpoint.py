@@ -37,10 +37,10 @@ FORMAT = "ae-worker/detector"
 # keys (a tensor per key made 100,000 devices a 35 MiB snapshot taking 6 s); 4: the threshold's
 # summaries exactly as held (a restore was off in the last bits); 5: the density signal (its column
 # in the residual statistics); 6: the channels' correlation (decorrelate); 7: whether a new normal
-# was accepted in the pending mini-batch (its catch-up steps); 2 to 6 are still read, as detectors
-# without the signals they did not have
-VERSION = 7
-READABLE = (2, 3, 4, 5, 6, 7)
+# was accepted in the pending mini-batch (its catch-up steps); 8: the evidence for each shrinkage
+# of the correlation; 2 to 7 are still read, as detectors without the signals they did not have
+VERSION = 8
+READABLE = (2, 3, 4, 5, 6, 7, 8)
 
 
 def detector_state(det: AutoencoderDetector, metadata: dict[str, Any] | None = None) -> dict[str, Any]:

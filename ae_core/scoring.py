@@ -154,10 +154,9 @@ class ResidualScorer:
         """A view of the channels' columns of each scale block, shape ``(N, scales, channels)``."""
         return z.reshape(len(z), len(self.factors), self.width)[:, :, :self.n_channels]
 
-    def _learn_correlation(self, smoothed: np.ndarray) -> None:
-        if self.correlation is not None:
-            z = np.clip(self._standardised(smoothed), -self.clip, self.clip)
-            self.correlation.learn_many(self._channel_columns(z))
+    def _correlation_rows(self, smoothed: np.ndarray) -> np.ndarray:
+        """What the correlation learns: the channels' clipped standardised values, per scale."""
+        return self._channel_columns(np.clip(self._standardised(smoothed), -self.clip, self.clip))
 
     def score_and_channels(self, deviations: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """One score per event from its squared standardised deviations (the larger of the scales'),
@@ -184,7 +183,8 @@ class ResidualScorer:
     def learn_many(self, residuals: np.ndarray, smoothed: np.ndarray) -> None:
         self.raw.learn_many(residuals)
         self.normal.learn_many(smoothed)
-        self._learn_correlation(smoothed)
+        if self.correlation is not None:
+            self.correlation.learn_many(self._correlation_rows(smoothed))
 
     def forget(self, key: str) -> None:
         """Drop a key's running average: its next event starts afresh."""
@@ -207,6 +207,5 @@ class ResidualScorer:
         self.state.clear()
         self.normal.learn_many(smoothed)
         if self.correlation is not None:
-            self.correlation.reset()
-            self._learn_correlation(smoothed)
+            self.correlation.restart(self._correlation_rows(smoothed))
         return smoothed

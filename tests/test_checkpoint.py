@@ -109,6 +109,22 @@ def test_version_2_checkpoints_still_restore_and_continue_identically() -> None:
     np.testing.assert_array_equal(det.process_many(nxt, keys).score, twin.process_many(nxt, keys).score)
 
 
+def test_a_version_7_decorrelated_checkpoint_restores_with_the_least_shrinkage_until_evidence_comes() -> None:
+    from ae_core.correlation import SHRINKAGES
+
+    det = AutoencoderDetector(config("default", decorrelate=True))
+    channels = det.config.n_channels
+    det.process_many(correlated(700, channels))
+    state = detector_state(det)
+    state["version"] = 7  # before the evidence for each shrinkage
+    del state["residual_correlation"]["evidence"]
+    twin = restore_detector(copy.deepcopy(state))
+    assert twin.scorer.correlation.shrinkage == [SHRINKAGES[0]]  # what version 7 whitened with
+    np.testing.assert_array_equal(twin.scorer.correlation.comoment, det.scorer.correlation.comoment)
+    twin.process_many(correlated(300, channels, seed=4))
+    assert np.abs(twin.scorer.correlation.evidence).sum() > 0  # and it learns evidence from there on
+
+
 def test_a_restore_between_an_acceptance_and_its_catch_up_continues_identically() -> None:
     """The catch-up steps of a new normal come at the end of the mini-batch that accepted it: a
     snapshot taken in between carries that it is due."""

@@ -281,6 +281,34 @@ def test_decorrelated_a_common_swing_counts_once_and_a_broken_relation_stands_ou
     assert swing_together <= 1.5, scores
 
 
+def test_decorrelated_trusts_a_correlation_as_far_as_it_held_on_the_events_after_it() -> None:
+    """Four channels that swing together in the warm-up. Where they go on doing so, the measured
+    correlation is shrunk the least; where they move independently after the warm-up, the evidence
+    turns toward independence within a few mini-batches, and the whitening with it (a break of
+    the old relation no longer scores many times a common swing)."""
+    from ae_core.correlation import SHRINKAGES, ChannelCorrelation
+
+    rng = np.random.default_rng(5)
+    together = rng.normal(size=(4000, 1)) + 0.3 * rng.normal(size=(4000, 4))
+    apart = np.concatenate([together[:400], 1.04 * rng.normal(size=(3600, 4))])
+    swing, broken = np.full((1, 1, 4), 2.0), np.array([[[2.0, 2.0, -2.0, -2.0]]])
+    trusted = {}
+    for name, rows in (("together", together), ("apart", apart)):
+        corr = ChannelCorrelation(4, 1, 1, 10_000)
+        corr.restart(rows[:400, None, :])
+        assert corr.shrinkage == [SHRINKAGES[0]]  # in the warm-up both swing together
+        for start in range(400, 400 + 4 * 256, 256):
+            corr.learn_many(rows[start:start + 256, None, :])
+        trusted[name] = corr.shrinkage[0]
+        ratio = float(np.square(corr.whiten(broken)).sum() / np.square(corr.whiten(swing)).sum())
+        if name == "together":
+            assert ratio >= 10, ratio
+        else:
+            assert ratio <= 2, ratio
+    # (apart: 0.5 when written; its measured correlation still holds the warm-up's)
+    assert trusted["together"] == SHRINKAGES[0] and trusted["apart"] >= 0.5, trusted
+
+
 def test_decorrelated_catches_more_of_the_simulated_faults_without_more_false_alarms() -> None:
     """The simulated plant (``simulate``: broken correlations, drifts, level shifts, spikes, stuck
     sensors among channels that swing together with its cycle), seeds 0-5: with ``decorrelate``
