@@ -267,3 +267,32 @@ def test_offsets_moved_back_to_process_again_are_not_skipped_by_a_snapshot(kafka
     stats = again.run()
     assert refused(again, topic, "offset") == 1  # 600 is more than a batch (50 + 8 x 16) past 0
     assert stats.events == 600 and scored(again, topic) == 600 and stats.anomalies == first.anomalies
+
+
+def test_a_long_run_of_malformed_events_first_neither_stops_the_worker_nor_takes_the_events_after_it(
+        kafka: str, topic_prefix: str) -> None:
+    """200 malformed events open the partition (more than the 128 among which the channels are
+    sought). Seen in a test: the worker stopped on an assertion, at every restart. Now a whole
+    window without a valid event is dead-lettered and committed on its own; the rest waits for
+    valid events, which fix the channels and are scored."""
+    create_topic(kafka, f"{topic_prefix}-in")
+    s = settings(kafka, topic_prefix, service={"idle_timeout": 3})
+    producer = KafkaProducer(bootstrap_servers=kafka)
+    for i in range(200):
+        producer.send(f"{topic_prefix}-in", key=b"d", value=json.dumps({"readings": f"broken {i}"}).encode())
+    producer.flush()
+    first = Worker(s).run()
+    tp = TopicPartition(f"{topic_prefix}-in", 0)
+    assert first.dead_letters == 128 and committed(kafka, f"{topic_prefix}-group", tp) == 128  # the rest: held
+    for value in events(300, seed=1):
+        producer.send(f"{topic_prefix}-in", key=b"d", value=value)
+    producer.flush()
+    producer.close()
+    worker = Worker(s)
+    second = worker.run()
+    assert second.dead_letters == 72 and second.events == 372 and scored(worker, f"{topic_prefix}-in") == 300
+    assert committed(kafka, f"{topic_prefix}-group", tp) == 500
+    dead = read_topic(kafka, f"{topic_prefix}-dlq")
+    assert sorted(int(dict(m.headers)["ae-source-offset"]) for m in dead) == list(range(200))
+    flagged = [json.loads(m.value)["source"]["offset"] for m in read_topic(kafka, f"{topic_prefix}-out")]
+    assert all(200 <= offset < 500 for offset in flagged)

@@ -20,6 +20,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from ae_core import AutoencoderDetector
 from tests.conftest import ROOT, free_port
+from worker.errors import WorkerError
 from worker.kafka.kafka_io import rejoin_if_orphaned, subscribe
 from worker.kafka.service import Worker
 from worker.kafka.transfer import produce
@@ -334,16 +335,20 @@ def test_missing_topic_fails_clearly_unless_creation_is_asked(kafka: str, topic_
     assert f"topic '{topic_prefix}-absent' does not exist" in err and "--create-topics" in err
 
 
-def test_a_failed_publish_stops_the_worker_before_the_commit(kafka: str, topic_prefix: str, tmp_path: Path) -> None:
+def test_a_failed_publish_stops_the_worker_before_the_commit(kafka: str, topic_prefix: str, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
 
+    from worker.kafka import service
     from worker.kafka.service import PublishError
 
     admin = KafkaAdminClient(bootstrap_servers=kafka)
-    # the broker rejects every anomaly record: larger than the output topic allows
+    # the broker rejects every anomaly record: larger than the output topic allows, and the worker
+    # cannot tell (as where an ACL does not let it read topic configurations)
     admin.create_topics([NewTopic(f"{topic_prefix}-out", 1, 1, topic_configs={"max.message.bytes": "128"})])
     admin.close()
+    monkeypatch.setattr(service, "message_limits", lambda k, topics: {})
     s = settings(kafka, topic_prefix, max_poll_records=100, service={"state_dir": str(tmp_path / "state")})
     rec = recording_file(tmp_path, 3000, seed=5)
     produce(rec, s.kafka, f"{topic_prefix}-in", "pump-2", speed=0, create=True)
@@ -413,6 +418,26 @@ def test_record_that_stalls_before_the_topics_end_fails_and_keeps_what_it_read(
     assert polled and polled[0] < 3000
     assert f"partition 0 at offset {polled[0]} of 3000" in err and f"only the {polled[0]} events" in err
     assert len(out.read_text().splitlines()) == polled[0]
+
+
+def test_produce_reports_events_the_broker_did_not_take(kafka: str, topic_prefix: str, tmp_path: Path, capsys) -> None:
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    from worker.cli import main
+
+    topic = f"{topic_prefix}-small"
+    admin = KafkaAdminClient(bootstrap_servers=kafka)
+    admin.create_topics([NewTopic(topic, 1, 1, topic_configs={"max.message.bytes": "4096"})])
+    admin.close()
+    path = tmp_path / "rows.csv"  # a line the reader cannot split goes out as it is (to be dead-lettered)
+    path.write_text("a,b\n" + "1,2\n" * 20 + "x" * 20_000 + "\n" + "3,4\n" * 20)
+    code = main(["produce", str(path), "--topic", topic, "--bootstrap-servers", kafka])
+    out, err = capsys.readouterr()
+    assert code == 2 and "Traceback" not in err and "sent 41 events" not in out
+    assert re.search(rf"error: (\d+) of the 41 events sent to {topic} were not delivered \(the first: row \d+ of "
+                     r"rows.csv, .*MessageSizeTooLarge", err), err
+    failed = int(re.search(r"error: (\d+) of the 41", err).group(1))
+    assert len(read_topic(kafka, topic)) == 41 - failed  # what the broker took is there; the rest is counted
 
 
 def test_produce_keeps_the_recording_pace_times_the_speed(kafka: str, topic_prefix: str, tmp_path: Path) -> None:
@@ -640,6 +665,49 @@ def test_oversized_values_and_keys_are_dead_lettered_without_jamming_the_partiti
     assert dead["oversize"].value == big_value[:1024]
     key_headers = dict(dead["oversize_key"].headers)
     assert int(key_headers["ae-original-key-size"]) == len(big_key) and len(dead["oversize_key"].key) == 1024
+
+
+def test_dead_letters_and_anomalies_fit_topics_that_take_less_than_kafkas_default(kafka: str,
+                                                                                  topic_prefix: str) -> None:
+    """Output and dead-letter topics of 100 kB (max.message.bytes): a dead letter is cut to fit
+    it, and a burst of them is not sent as one batch over it (the broker would refuse both, and
+    the worker stop on them at every restart)."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    small = {"max.message.bytes": "100000"}
+    admin = KafkaAdminClient(bootstrap_servers=kafka)
+    admin.create_topics([NewTopic(f"{topic_prefix}-in", 1, 1),
+                         NewTopic(f"{topic_prefix}-dlq", 1, 1, topic_configs=small),
+                         NewTopic(f"{topic_prefix}-out", 1, 1, topic_configs=small)])
+    admin.close()
+    producer = KafkaProducer(bootstrap_servers=kafka)
+    big = b'{"key": "d", "readings": "' + b"x" * 150_000 + b'"}'  # malformed, and over the topic's size
+    producer.send(f"{topic_prefix}-in", key=b"d", value=big)
+    for _ in range(300):  # 300 dead letters of about 1 kB: more than one batch can carry into the topic
+        producer.send(f"{topic_prefix}-in", key=b"d", value=b'{"readings": "' + b"y" * 1000 + b'"}')
+    for i in range(50):
+        producer.send(f"{topic_prefix}-in", key=b"d", value=json.dumps({"readings": {"a": i, "b": -i}}).encode())
+    producer.flush()
+    producer.close()
+    stats = Worker(settings(kafka, topic_prefix, max_poll_records=500)).run()
+    assert stats.events == 351 and stats.dead_letters == 301
+    assert committed(kafka, f"{topic_prefix}-group", TopicPartition(f"{topic_prefix}-in", 0)) == 351
+    dead = read_topic(kafka, f"{topic_prefix}-dlq")
+    assert len(dead) == 301
+    headers = dict(dead[0].headers)
+    assert int(headers["ae-original-size"]) == len(big) and dead[0].value == big[:1024]
+
+
+def test_a_dead_letter_topic_too_small_for_dead_letters_stops_the_worker_at_start(kafka: str,
+                                                                                   topic_prefix: str) -> None:
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    admin = KafkaAdminClient(bootstrap_servers=kafka)
+    admin.create_topics([NewTopic(f"{topic_prefix}-dlq", 1, 1, topic_configs={"max.message.bytes": "10000"})])
+    admin.close()
+    with pytest.raises(WorkerError, match=rf"topic '{topic_prefix}-dlq' takes records of at most 10000 bytes "
+                                          r"\(max.message.bytes\); .* need at least 65536"):
+        Worker(settings(kafka, topic_prefix)).run()
 
 
 def test_keys_beyond_max_keys_are_forgotten_and_counted(kafka: str, topic_prefix: str) -> None:

@@ -7,7 +7,14 @@ from types import SimpleNamespace
 import orjson
 
 from worker.kafka.events import EventError, ParsedEvent
-from worker.kafka.outputs import DLQ_MAX_HEADER_BYTES, RECORD_MAX_BYTES, anomaly_record, dead_letter
+from worker.kafka.outputs import (
+    DLQ_MAX_HEADER_BYTES,
+    MIN_TOPIC_BYTES,
+    RECORD_MAX_BYTES,
+    RecordLimits,
+    anomaly_record,
+    dead_letter,
+)
 
 KAFKA_LIMIT = 1_048_588  # the broker's default max.message.bytes
 
@@ -55,3 +62,23 @@ def test_an_anomaly_record_of_a_very_wide_event_leaves_its_readings_out() -> Non
     assert payload["timestamp"] is None and payload["record_timestamp_ms"] == 253_402_300_800_000
     narrow = anomaly_record("anomalies", message(), ParsedEvent("p", [1.0], None, 0), record, ("a",))
     assert orjson.loads(narrow.value)["readings"] == {"a": 1.0} and "cut" not in orjson.loads(narrow.value)
+
+
+def test_records_fit_a_topic_that_takes_less_than_kafkas_default() -> None:
+    """A topic of MIN_TOPIC_BYTES (the least the worker starts with): the worst dead letter and the
+    widest anomaly record still fit it; at Kafka's default the limits are the constants."""
+    assert RecordLimits.for_topic(KAFKA_LIMIT) == RecordLimits() and RecordLimits.for_topic(8 << 20) == RecordLimits()
+    limits = RecordLimits.for_topic(MIN_TOPIC_BYTES)
+    headers = [("a", b"1"), ("big", b"g" * 20_000), ("huge", b"h" * 60_000)]
+    msg = message(key=b"k" * 900_000, value=b"v" * 3_000_000, headers=headers)
+    out = dead_letter("dlq", msg, EventError("oversize", "too large " * 200), limits)
+    assert [name for name, _ in out.headers][:1] == ["a"] and ("big", b"g" * 20_000) not in out.headers
+    assert len(out.key) == limits.dlq_key and size(out) < MIN_TOPIC_BYTES - 1_000
+    channels = tuple(f"channel-{i:06d}" for i in range(5_000))
+    record = {"score": 9.5, "threshold": 3.0, "is_anomaly": True, "alert": True, "episode": 0,
+              "contributions": [{"channel": channels[0], "share": 0.5}]}
+    wide = anomaly_record("anomalies", message(), ParsedEvent("p", [0.5] * len(channels), None, 0), record, channels,
+                          limits)
+    assert orjson.loads(wide.value)["readings"] is None and size(wide) < MIN_TOPIC_BYTES - 1_000
+    assert orjson.loads(anomaly_record("anomalies", message(), ParsedEvent("p", [0.5] * len(channels), None, 0),
+                                       record, channels).value)["readings"] is not None  # (fits the default)

@@ -10,7 +10,7 @@ from typing import Any
 
 import kafka.codec
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
-from kafka.admin import NewTopic
+from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from worker.errors import WorkerError
@@ -191,3 +191,27 @@ def ensure_topics(k: KafkaSettings, topics: list[str], create: bool) -> None:
                     k.replication_factor or "the broker's default")
     finally:
         admin.close()
+
+
+def message_limits(k: KafkaSettings, topics: list[str]) -> dict[str, int]:
+    """Each topic's ``max.message.bytes`` (the effective value: its own, or the broker's default).
+    A topic the cluster will not describe (an ACL without DESCRIBE_CONFIGS) is left out, with a
+    warning: the worker then sizes its records for Kafka's default."""
+    admin = KafkaAdminClient(**connection_config(k))
+    try:
+        described = admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, t, configs=["max.message.bytes"]) for t in dict.fromkeys(topics)])
+    except KafkaError as exc:
+        if getattr(exc, "retriable", False):
+            raise
+        logger.warning("cannot read max.message.bytes of %s (%r): records are sized for Kafka's default (1 MB)",
+                       ", ".join(topics), exc)
+        return {}
+    finally:
+        admin.close()
+    limits = {}
+    for topic, configs in described.get("topic", {}).items():
+        value = configs.get("max.message.bytes", {}).get("value")
+        if value is not None:
+            limits[topic] = int(value)
+    return limits

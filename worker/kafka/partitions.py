@@ -185,22 +185,39 @@ class Partitions:
     def hold_until_channels_known(self, tp: TopicPartition, messages: list[Any]) -> list[Any] | None:
         """Without configured channels, a partition's first ``schema_sample`` valid events fix them
         by majority. Events before that decision are held, uncommitted (None: still holding), then
-        returned to be processed with it; a restart holds and decides the same events again."""
+        returned to be processed with it; a restart holds and decides the same events again.
+
+        The decision is taken in windows of ``SCHEMA_PATIENCE x schema_sample`` events from the
+        first held one: the first window that holds a valid event decides, once it has
+        ``schema_sample`` of them or is complete. A complete window without a valid event is
+        returned on its own, ahead of the rest (its events are dead letters, committed up to its
+        end), while the rest is still held: a long run of malformed events neither stops the
+        partition nor takes the valid events after it down with it."""
         parser = self.parser(tp)
         if parser.channels is not None:
             return messages
         held = self.held.setdefault(tp, [])
         held.extend(messages)
         e = self.settings.events
-        # the first schema_sample valid events among the first SCHEMA_PATIENCE x schema_sample: the
-        # same events decide whatever the polls' sizes, so a restart decides the same
-        considered = held[:SCHEMA_PATIENCE * e.schema_sample]
-        channels, valid = infer_channels([m.value for m in considered], e.max_event_bytes, limit=e.schema_sample)
-        if valid < e.schema_sample and len(held) < SCHEMA_PATIENCE * e.schema_sample:
-            if len(held) == len(messages):  # the first of them
-                logger.info("%s-%d: holding events until %d valid ones fix the channels (or set AE_EVENTS__CHANNELS)",
-                            tp.topic, tp.partition, e.schema_sample)
-            return None
+        window = SCHEMA_PATIENCE * e.schema_sample
+        start = 0
+        while True:
+            # the same events decide whatever the polls' sizes (windows begin at the first held
+            # event, which is where the partition, or the last returned window, ended)
+            considered = held[start:start + window]
+            channels, valid = infer_channels([m.value for m in considered], e.max_event_bytes, limit=e.schema_sample)
+            if valid == 0 and len(considered) == window:
+                start += window  # a whole window of malformed events
+                continue
+            break
+        if valid < e.schema_sample and len(considered) < window:  # undecided yet
+            if start == 0:
+                if len(held) == len(messages):  # the first of them
+                    logger.info("%s-%d: holding events until %d valid ones fix the channels (or set "
+                                "AE_EVENTS__CHANNELS)", tp.topic, tp.partition, e.schema_sample)
+                return None
+            self.held[tp] = held[start:]
+            return held[:start]  # only malformed events: dead letters
         del self.held[tp]
         if channels is not None:
             parser.channels = channels

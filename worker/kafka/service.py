@@ -27,14 +27,23 @@ from worker.errors import WorkerError
 from worker.kafka.delivery import BatchFailed, PublishError, make_delivery, patiently, retriable
 from worker.kafka.events import EventError, readings_matrix
 from worker.kafka.kafka_io import (
+    PRODUCER_BATCH_BYTES,
     check_codecs,
     ensure_topics,
     make_consumer,
+    message_limits,
     rejoin_if_orphaned,
     subscribe,
     wait_for_broker,
 )
-from worker.kafka.outputs import anomaly_record, dead_letter
+from worker.kafka.outputs import (
+    DEFAULT_LIMITS,
+    KAFKA_DEFAULT_MESSAGE_BYTES,
+    MIN_TOPIC_BYTES,
+    RecordLimits,
+    anomaly_record,
+    dead_letter,
+)
 from worker.kafka.partition_state import SNAPSHOT_MAX_BYTES, PartitionState
 from worker.kafka.partitions import Partitions
 from worker.observability import HealthServer, Metrics
@@ -74,6 +83,7 @@ class Outcome:
     keys_evicted: int = 0
     dead: list[str] = field(default_factory=list)  # kinds of the dead letters
     held: bool = False  # held back until the partition's channels are known: not committed
+    commit_at: int | None = None  # the offset to commit, when not the poll's end (events still held)
 
 
 class Worker:
@@ -94,6 +104,7 @@ class Worker:
         self._waiting_for: str | None = None  # the broker call an outage is holding up
         self._idle_since = time.monotonic()  # idle_timeout counts from here
         self._checked_at = 0.0  # when _check_broker last asked
+        self.output_limits = self.dlq_limits = DEFAULT_LIMITS  # (fitted to the topics at start-up)
 
     def assignment(self) -> set[TopicPartition]:
         """Partitions this worker owns now (empty before it joined its group)."""
@@ -133,9 +144,10 @@ class Worker:
             self._retry("checking the topics", lambda: ensure_topics(
                 k, [*k.input_topics, k.output_topic, k.dlq_topic], k.create_topics))
             self._retry("checking the state changelog", self.partitions.store.ensure_topic)
+            batch_bytes = self._size_records_for_topics()
             self._consumer = self.partitions.consumer = make_consumer(k)
             self.delivery = make_delivery(k, self._consumer, self._retry, self._waiting,
-                                          max_request_size=SNAPSHOT_MAX_BYTES)
+                                          max_request_size=SNAPSHOT_MAX_BYTES, batch_size=batch_bytes)
             self._retry("subscribing", lambda: subscribe(self._consumer, list(k.input_topics), _Rebalance(self)))
             logger.info("consuming %s as group %r (%s); anomalies -> %s, dead letters -> %s",
                         ",".join(k.input_topics), k.group_id, "exactly once" if k.exactly_once else "at least once",
@@ -223,6 +235,20 @@ class Worker:
         logger.info("stopped after %d events, %d anomalies, %d dead letters in %d batches",
                     self.stats.events, self.stats.anomalies, self.stats.dead_letters, self.stats.batches)
 
+    def _size_records_for_topics(self) -> int:
+        """Fit anomaly records and dead letters to what their topics take (``max.message.bytes``),
+        or refuse to start when that is too little; returns the producer's batch size, which
+        must fit them too (many small records go out in one batch)."""
+        k = self.settings.kafka
+        limits = self._retry("reading max.message.bytes", lambda: message_limits(k, [k.output_topic, k.dlq_topic]))
+        for topic, limit in limits.items():
+            if limit < MIN_TOPIC_BYTES:
+                raise WorkerError(f"topic {topic!r} takes records of at most {limit} bytes (max.message.bytes); "
+                                  f"anomaly records and dead letters need at least {MIN_TOPIC_BYTES}: raise it")
+        self.output_limits = RecordLimits.for_topic(limits.get(k.output_topic, KAFKA_DEFAULT_MESSAGE_BYTES))
+        self.dlq_limits = RecordLimits.for_topic(limits.get(k.dlq_topic, KAFKA_DEFAULT_MESSAGE_BYTES))
+        return min(PRODUCER_BATCH_BYTES, min(limits.values(), default=KAFKA_DEFAULT_MESSAGE_BYTES) // 2)
+
     # -- riding out the broker's absence ------------------------------------------------------------
     def _check_broker(self) -> None:
         """While no event comes, ask the broker for the end offsets every few seconds: an empty poll
@@ -274,7 +300,8 @@ class Worker:
             with self._stage("publish"):
                 self.delivery.published([f for o in outcomes.values() for f in o.sends], "anomalies and dead letters")
             self._unpublished = False
-            commits = {tp: OffsetAndMetadata(batch[tp][-1].offset + 1, "", -1) for tp, o in outcomes.items()
+            commits = {tp: OffsetAndMetadata(batch[tp][-1].offset + 1 if o.commit_at is None else o.commit_at, "", -1)
+                       for tp, o in outcomes.items()
                        if not o.held and tp not in parts.rebuild_until}  # never move a commit back mid-rebuild
             with self._stage("commit"):
                 snapshots = [self.delivery.send(out) for out in (self._snapshot(tp) for tp in commits) if out]
@@ -352,11 +379,16 @@ class Worker:
                 good_msgs.append(msg)
             elif msg.offset >= live_from:  # an earlier owner dead-lettered the others
                 logger.warning("dead letter %s/%d/%d: %s", msg.topic, msg.partition, msg.offset, event.reason)
-                out.sends.append(self.delivery.send(dead_letter(self.settings.kafka.dlq_topic, msg, event)))
+                out.sends.append(self.delivery.send(dead_letter(self.settings.kafka.dlq_topic, msg, event,
+                                                                self.dlq_limits)))
                 out.dead.append(event.kind)
         out.rebuilt = sum(1 for m in messages if m.offset < live_from)
         out.events = len(messages) - out.rebuilt
         out.scored = sum(1 for m in good_msgs if m.offset >= live_from)
+        if parser.channels is None:  # malformed events before the channels are known: no detector yet
+            if tp in self.partitions.held:  # (the events after them are still held)
+                out.commit_at = messages[-1].offset + 1
+            return out
         state = self.partitions.state(tp)
         state.next_offset = messages[-1].offset + 1
         if not good:
@@ -373,7 +405,7 @@ class Worker:
         with self._stage("outputs"):
             for i, record in zip(rows.tolist(), result_records(res, det.config.names, rows)):
                 out.sends.append(self.delivery.send(anomaly_record(output, good_msgs[i], good[i], record,
-                                                                   det.config.names)))
+                                                                   det.config.names, self.output_limits)))
         out.anomalies, out.alerts, out.closed = len(flagged), int((res.alert & live).sum()), len(closed)
         out.regime_changes = int((res.regime_change & live).sum())
         out.keys_evicted = det.keys.evicted - evicted_before

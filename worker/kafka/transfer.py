@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 from kafka import TopicPartition
+from kafka.errors import KafkaError
 
 from worker.errors import WorkerError
 from worker.kafka.kafka_io import TopicMissingError, ensure_topics, make_consumer, make_producer, wait_for_broker
@@ -22,6 +23,41 @@ logger = logging.getLogger(__name__)
 
 class RecordingIncompleteError(WorkerError):
     """``record`` got no event for its idle timeout before reaching the topic's end."""
+
+
+SETTLE_S = 30.0  # at most this long for sends to resolve after a failed flush, and for the close
+
+
+class DeliveryError(WorkerError):
+    """``produce``: the broker did not take some of the events sent (the others are on the topic)."""
+
+
+class _Deliveries:
+    """What became of the sends handed to the producer: counts and the first failure (not a
+    future per row: a recording may have millions of rows)."""
+
+    def __init__(self) -> None:
+        self.delivered = 0
+        self.failed = 0
+        self.first: tuple[int, BaseException] | None = None
+
+    def watch(self, future: Any, row: int) -> None:
+        future.add_callback(self._delivered)
+        future.add_errback(self._failed, row)
+
+    def settle(self, sent: int, timeout: float) -> None:
+        """Wait until every send has succeeded or failed (at most ``timeout`` seconds)."""
+        deadline = time.monotonic() + timeout
+        while self.delivered + self.failed < sent and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def _delivered(self, _metadata: Any) -> None:
+        self.delivered += 1
+
+    def _failed(self, row: int, exc: BaseException) -> None:
+        self.failed += 1
+        if self.first is None:
+            self.first = (row, exc)
 
 
 def event_payload(fields: dict[str, Any], recording: Recording, key: str) -> dict[str, Any]:
@@ -47,7 +83,10 @@ def produce(recording: Recording, kafka: KafkaSettings, topic: str, key: str, sp
     """Send every row of ``recording`` to ``topic`` in order, keyed; returns the number sent.
 
     ``speed`` 0 sends as fast as possible; otherwise the gaps of the time column, divided by
-    ``speed``, are kept between sends. Waits up to ``start_timeout`` for the broker first.
+    ``speed``, are kept between sends. Waits up to ``start_timeout`` for the broker first. Rows
+    the broker did not take (refused, or not delivered within the producer's delivery timeout)
+    raise :class:`DeliveryError` once the others are flushed: a short topic never passes for the
+    whole recording.
     """
     if not wait_for_broker(kafka, threading.Event(), start_timeout):
         return 0
@@ -56,11 +95,12 @@ def produce(recording: Recording, kafka: KafkaSettings, topic: str, key: str, sp
     first_time: float | None = None
     started = time.monotonic()
     sent = 0
+    deliveries = _Deliveries()
     try:
         for row in recording.records():
             fields = row.fields
-            if fields is None:
-                producer.send(topic, key=key.encode(), value=row.raw.encode())  # unparseable: dead-letters
+            if fields is None:  # unparseable: sent as it is, to be dead-lettered
+                deliveries.watch(producer.send(topic, key=key.encode(), value=row.raw.encode()), row.index)
                 sent += 1
                 continue
             event = event_payload(fields, recording, key)
@@ -71,11 +111,24 @@ def produce(recording: Recording, kafka: KafkaSettings, topic: str, key: str, sp
                     delay = (at - first_time) / speed - (time.monotonic() - started)
                     if delay > 0:
                         time.sleep(delay)
-            producer.send(topic, key=event["key"].encode(), value=orjson.dumps(event))
+            deliveries.watch(producer.send(topic, key=event["key"].encode(), value=orjson.dumps(event)), row.index)
             sent += 1
-        producer.flush()
+        try:
+            producer.flush()
+        except KafkaError as exc:
+            # kafka-python 3.0: after a fatal error (a record the topic refuses as too large) the
+            # idempotent producer aborts every batch left, and flush may raise before their futures
+            # resolve; what became of each send is counted below instead
+            logger.debug("flush: %r", exc)
+        # (a batch's futures resolve in callbacks that may run just after flush returns)
+        deliveries.settle(sent, SETTLE_S)
     finally:
-        producer.close()
+        producer.close(timeout=SETTLE_S)
+    if deliveries.delivered < sent:
+        row, exc = deliveries.first if deliveries.first else (None, None)
+        first = f"the first: row {row} of {recording.name}, {exc!r}" if exc else "no answer from the broker"
+        raise DeliveryError(f"{sent - deliveries.delivered} of the {sent} events sent to {topic} were not delivered "
+                            f"({first}); the other {deliveries.delivered} are on the topic")
     return sent
 
 
