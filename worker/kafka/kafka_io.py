@@ -209,6 +209,10 @@ def message_limits(k: KafkaSettings, topics: list[str]) -> dict[str, int]:
         return {}
     finally:
         admin.close()
+    if not isinstance(described, dict):  # (kafka-python 3.0 answers a dict by resource type)
+        logger.warning("cannot read max.message.bytes of %s (an answer of type %s): records are sized for "
+                       "Kafka's default (1 MB)", ", ".join(topics), type(described).__name__)
+        return {}
     limits = {}
     for topic, configs in described.get("topic", {}).items():
         value = configs.get("max.message.bytes", {}).get("value")
