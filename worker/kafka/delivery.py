@@ -47,6 +47,7 @@ Waiting = Callable[[str, BaseException], None]  # (what, error): told while an o
 
 RETRY_FIRST_S = 0.5
 RETRY_MAX_S = 8.0
+SETTLE_S = 10.0  # after a failed flush, how long the sends get to resolve (for the error they carry)
 FLUSH_CHECK_S = 1.0  # a broker call still waiting after this long is reported as an outage, then waited on
 # A transactional call with no answer for this long is given up with its producer (see ExactlyOnce._waited).
 TRANSACTION_STUCK_S = 60.0
@@ -119,7 +120,13 @@ class AtLeastOnce(_Delivery):
         try:
             self.flush(what)
         except KafkaError as exc:
-            raise PublishError(f"flushing {what} failed, offsets not committed: {exc!r}") from exc
+            # kafka-python 3.0: after a fatal error (a record the topic refuses as too large) flush
+            # may raise before the sends resolve; the first send's own error says what happened
+            deadline = time.monotonic() + SETTLE_S
+            while not all(f.is_done for f in sends) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            cause = next((f.exception for f in sends if f.failed()), exc)
+            raise PublishError(f"flushing {what} failed, offsets not committed: {cause!r}") from exc
         failed = [f.exception for f in sends if f.failed()]
         if any(not retriable(e) for e in failed):
             first = next(e for e in failed if not retriable(e))
