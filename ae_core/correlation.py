@@ -67,11 +67,10 @@ class ChannelCorrelation:
         rows = self._rows(z)
         half = rows.shape[1] // 2
         if half >= 2:
-            first, second = rows[:, :half], rows[:, half:]
-            moments = [np.einsum("sij,sik->sjk", part, part) / part.shape[1] for part in (first, second)]
-            for scale in range(self.scales):
-                self.evidence[scale] = (_log_likelihoods(_correlation_of(moments[0][scale]), second[scale])
-                                        + _log_likelihoods(_correlation_of(moments[1][scale]), first[scale]))
+            for scale, block in enumerate(rows):
+                first, second = block[:half], block[half:]
+                self.evidence[scale] = (_log_likelihoods(_correlation_of(first.T @ first / len(first)), second)
+                                        + _log_likelihoods(_correlation_of(second.T @ second / len(second)), first))
         self._add(rows)
 
     def learn_many(self, z: np.ndarray) -> None:

@@ -66,6 +66,14 @@ def retriable(exc: BaseException) -> bool:
     return isinstance(exc, KafkaError) and bool(getattr(exc, "retriable", False))
 
 
+def wait_until(done: Callable[[], bool], seconds: float) -> None:
+    """Until ``done()`` or ``seconds`` have passed: for producer callbacks that run on the client's
+    own thread (kafka-python 3.0 may fail a flush before they do)."""
+    deadline = time.monotonic() + seconds
+    while not done() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def patiently(what: str, call: Callable[[], T], stop: threading.Event, waiting: Waiting) -> T:
     """``call()`` until it succeeds, waiting out retriable broker errors with exponential backoff
     (``waiting`` is told each time: readiness, metrics, a log line). Other errors, and any error
@@ -122,9 +130,7 @@ class AtLeastOnce(_Delivery):
         except KafkaError as exc:
             # kafka-python 3.0: after a fatal error (a record the topic refuses as too large) flush
             # may raise before the sends resolve; the first send's own error says what happened
-            deadline = time.monotonic() + SETTLE_S
-            while not all(f.is_done for f in sends) and time.monotonic() < deadline:
-                time.sleep(0.05)
+            wait_until(lambda: all(f.is_done for f in sends), SETTLE_S)
             cause = next((f.exception for f in sends if f.failed()), exc)
             raise PublishError(f"flushing {what} failed, offsets not committed: {cause!r}") from exc
         failed = [f.exception for f in sends if f.failed()]

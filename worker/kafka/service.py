@@ -83,7 +83,7 @@ class Outcome:
     keys_evicted: int = 0
     dead: list[str] = field(default_factory=list)  # kinds of the dead letters
     held: bool = False  # held back until the partition's channels are known: not committed
-    commit_at: int | None = None  # the offset to commit, when not the poll's end (events still held)
+    commit_at: int | None = None  # after the last event processed (short of the poll's end while some are held)
 
 
 class Worker:
@@ -367,6 +367,7 @@ class Worker:
         out = Outcome()
         if not messages:
             return out
+        out.commit_at = messages[-1].offset + 1
         parser = self.partitions.parser(tp)
         live_from = self.partitions.live_from(tp, messages)
         good, good_msgs = [], []
@@ -386,11 +387,9 @@ class Worker:
         out.events = len(messages) - out.rebuilt
         out.scored = sum(1 for m in good_msgs if m.offset >= live_from)
         if parser.channels is None:  # malformed events before the channels are known: no detector yet
-            if tp in self.partitions.held:  # (the events after them are still held)
-                out.commit_at = messages[-1].offset + 1
             return out
         state = self.partitions.state(tp)
-        state.next_offset = messages[-1].offset + 1
+        state.next_offset = out.commit_at
         if not good:
             return out
         det = state.detector

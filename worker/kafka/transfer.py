@@ -14,6 +14,7 @@ from kafka import TopicPartition
 from kafka.errors import KafkaError
 
 from worker.errors import WorkerError
+from worker.kafka.delivery import wait_until
 from worker.kafka.kafka_io import TopicMissingError, ensure_topics, make_consumer, make_producer, wait_for_broker
 from worker.replay.sources import Recording, parse_reading
 from worker.settings import KafkaSettings
@@ -25,7 +26,7 @@ class RecordingIncompleteError(WorkerError):
     """``record`` got no event for its idle timeout before reaching the topic's end."""
 
 
-SETTLE_S = 30.0  # at most this long for sends to resolve after a failed flush, and for the close
+PRODUCE_SETTLE_S = 30.0  # at most this long for sends to resolve after the flush, and for the close
 
 
 class DeliveryError(WorkerError):
@@ -45,11 +46,9 @@ class _Deliveries:
         future.add_callback(self._delivered)
         future.add_errback(self._failed, row)
 
-    def settle(self, sent: int, timeout: float) -> None:
-        """Wait until every send has succeeded or failed (at most ``timeout`` seconds)."""
-        deadline = time.monotonic() + timeout
-        while self.delivered + self.failed < sent and time.monotonic() < deadline:
-            time.sleep(0.05)
+    def settled(self, sent: int) -> bool:
+        """Every one of ``sent`` sends has succeeded or failed."""
+        return self.delivered + self.failed >= sent
 
     def _delivered(self, _metadata: Any) -> None:
         self.delivered += 1
@@ -121,9 +120,9 @@ def produce(recording: Recording, kafka: KafkaSettings, topic: str, key: str, sp
             # resolve; what became of each send is counted below instead
             logger.debug("flush: %r", exc)
         # (a batch's futures resolve in callbacks that may run just after flush returns)
-        deliveries.settle(sent, SETTLE_S)
+        wait_until(lambda: deliveries.settled(sent), PRODUCE_SETTLE_S)
     finally:
-        producer.close(timeout=SETTLE_S)
+        producer.close(timeout=PRODUCE_SETTLE_S)
     if deliveries.delivered < sent:
         row, exc = deliveries.first if deliveries.first else (None, None)
         first = f"the first: row {row} of {recording.name}, {exc!r}" if exc else "no answer from the broker"
@@ -159,7 +158,6 @@ def record(kafka: KafkaSettings, topic: str, output: Path, max_events: int | Non
                 if not batch:
                     if time.monotonic() - last_event > idle_timeout:
                         # short of the end that was asked for: the file is not the whole topic
-                        fh.flush()
                         short = ", ".join(f"partition {tp.partition} at offset {consumer.position(tp)} of {end[tp]}"
                                           for tp in tps if consumer.position(tp) < end[tp])
                         raise RecordingIncompleteError(
