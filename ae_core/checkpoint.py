@@ -38,9 +38,10 @@ FORMAT = "ae-worker/detector"
 # summaries exactly as held (a restore was off in the last bits); 5: the density signal (its column
 # in the residual statistics); 6: the channels' correlation (decorrelate); 7: whether a new normal
 # was accepted in the pending mini-batch (its catch-up steps); 8: the evidence for each shrinkage
-# of the correlation; 2 to 7 are still read, as detectors without the signals they did not have
-VERSION = 8
-READABLE = (2, 3, 4, 5, 6, 7, 8)
+# of the correlation; 9: where an open episode's returning run pages again (escalate); 2 to 8 are
+# still read, as detectors without the signals they did not have
+VERSION = 9
+READABLE = (2, 3, 4, 5, 6, 7, 8, 9)
 
 
 def detector_state(det: AutoencoderDetector, metadata: dict[str, Any] | None = None) -> dict[str, Any]:

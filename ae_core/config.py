@@ -62,8 +62,9 @@ class DetectorConfig:
     threshold_quantile: float = 0.99
     threshold_margin: float = 1.5
     threshold_window: int = 4096
-    episode_quiet: int = 20
+    episode_quiet: int = 100
     episode_hold: float | None = None
+    escalate: float | None = 4.0
     adapt_after: int | None = 300
     accept_plateau: int | None = 120
     adapt_steps: int = 32
@@ -97,6 +98,8 @@ class DetectorConfig:
         _positive("episode_quiet", self.episode_quiet)
         if self.episode_hold is not None and not 0 < self.episode_hold <= 1:
             raise ConfigError("episode_hold", f"must be in (0, 1] (a share of the threshold), got {self.episode_hold}")
+        if self.escalate is not None and not self.escalate > 1:
+            raise ConfigError("escalate", f"must be > 1 (a factor over the episode's peak score), got {self.escalate}")
         if self.key_ttl is not None:
             _positive("key_ttl", self.key_ttl)
         if self.max_keys is not None:

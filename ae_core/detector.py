@@ -170,7 +170,7 @@ class AutoencoderDetector(AnomalyDetector):
                                      c.density_weight, c.slow_smoothing, c.decorrelate, c.window)
         self._reference_codes: Reference | None = None  # the memory's codes; dropped when either changes
         self._warned_foreign = False  # said once that an event held none of the channels
-        self.episodes = EpisodeTracker(c.episode_quiet, c.adapt_after, c.accept_plateau)
+        self.episodes = EpisodeTracker(c.episode_quiet, c.adapt_after, c.accept_plateau, c.escalate)
         self.threshold: AdaptiveThreshold | QuantileThreshold | SpotThreshold
         sigma = AdaptiveThreshold(c.threshold_k, max(1, c.threshold_window // c.batch_size))
         if c.threshold_rule == "quantile":

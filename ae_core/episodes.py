@@ -16,9 +16,18 @@ anything else on that key until it has settled; ``adapt_after=None`` never accep
 With ``plateau`` P, an episode is accepted earlier, as soon as its key's score has *stopped
 changing*: its last P events all flagged and the mean log score of their second half within
 ``PLATEAU_CHANGE`` of their first half's (a level the key now sits at, e.g. a server settling at a
-new load after an incident). A fault whose score keeps moving (a drift that grows, flags that
-come and go) is still reported until ``adapt_after``. With ``adapt_after=None`` nothing is accepted,
+new load after an incident). A fault whose score keeps moving (flags that come and go, a drift
+whose score keeps growing) is still reported until ``adapt_after``. A drift counts by its score,
+not its readings: where the network's output follows part of it, or its residuals are past
+``clip``, a growing drift can score as a plateau. With ``adapt_after=None`` nothing is accepted,
 plateaus included.
+
+With ``escalate`` E, a run of flags that comes back inside an open episode that is not accepted
+(flags after at least one unflagged event of the key) pages again (``alert``), once, at its first
+flag whose score reaches E times the highest score of the episode's earlier runs: a real fault
+that begins while an earlier blip's episode of the same key is still open is not hidden behind
+the blip's page. Blips of about the same size (a flapping key) stay one page however many come,
+and so does one run of flags, however its score grows.
 
 With a ``hold`` level (hysteresis), an event of a key whose episode is open and not accepted is
 flagged when its score exceeds that lower level, not only the threshold: a fault whose score dips
@@ -79,13 +88,16 @@ class _Open:
     peak_score: float = 0.0
     accepted: bool = False
     recent: deque[float] = field(default_factory=deque)  # log scores of the last plateau events, if flagged
+    escalate_at: float = math.inf  # the score at which the current run of flags pages again (escalate)
 
 
 class EpisodeTracker:
     """Opens, extends and closes the episodes of each key, event by event."""
 
-    def __init__(self, quiet: int, adapt_after: int | None, plateau: int | None = None) -> None:
+    def __init__(self, quiet: int, adapt_after: int | None, plateau: int | None = None,
+                 escalate: float | None = None) -> None:
         self.quiet = quiet
+        self.escalate = escalate
         self.adapt_after = adapt_after
         self.plateau = plateau if adapt_after is not None else None  # adapt_after=None: never accept
         # An accepted episode stays open (learning) until the key has been quiet this long: the
@@ -120,12 +132,18 @@ class EpisodeTracker:
                 out.alert[i] = True
             ep.age += 1
             if flag:
+                score = float(scores[i])
+                if self.escalate is not None and ep.quiet and not ep.accepted:  # a run comes back
+                    ep.escalate_at = self.escalate * ep.peak_score
+                if score >= ep.escalate_at and not ep.accepted:
+                    out.alert[i] = True
+                    ep.escalate_at = math.inf
                 ep.quiet = 0
                 ep.flagged += 1
                 ep.last_flag_age = ep.age
-                ep.peak_score = max(ep.peak_score, float(scores[i]))
+                ep.peak_score = max(ep.peak_score, score)
                 if self.plateau is not None and not ep.accepted:
-                    ep.recent.append(math.log(max(float(scores[i]), 1e-300)))
+                    ep.recent.append(math.log(max(score, 1e-300)))
                     if len(ep.recent) > self.plateau:
                         ep.recent.popleft()
             else:
@@ -162,13 +180,16 @@ class EpisodeTracker:
     def state(self) -> dict[str, object]:
         return {"next_id": self.next_id,
                 "open": {k: [e.episode, e.age, e.quiet, e.last_flag_age, e.flagged, e.peak_score, int(e.accepted),
-                             list(e.recent)]
+                             list(e.recent), None if math.isinf(e.escalate_at) else e.escalate_at]
                          for k, e in self.open.items()}}
 
     def load_state(self, state: dict[str, object]) -> None:
         self.next_id = int(state["next_id"])  # type: ignore[call-overload]
         self.open = {}
-        for key, (episode, age, quiet, last, flagged, peak, accepted, *recent) in state["open"].items():  # type: ignore[attr-defined]
-            # (checkpoints before plateaus were tracked hold seven fields: no recent scores)
+        for key, (episode, age, quiet, last, flagged, peak, accepted, *rest) in state["open"].items():  # type: ignore[attr-defined]
+            # (checkpoints before plateaus were tracked hold seven fields: no recent scores; before
+            # escalation, eight: the current run does not page again)
+            recent = rest[0] if rest else []
+            escalate_at = rest[1] if len(rest) > 1 and rest[1] is not None else math.inf
             self.open[str(key)] = _Open(int(episode), int(age), int(quiet), int(last), int(flagged), float(peak),
-                                        bool(accepted), deque(float(v) for v in (recent[0] if recent else [])))
+                                        bool(accepted), deque(float(v) for v in recent), float(escalate_at))

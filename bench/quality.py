@@ -2,7 +2,7 @@
 
     python bench/quality.py [--data ../shared/data] [--only skab,free,asd,nab,stress] [--set key=value ...]
 
-Reports, per data set: flag metrics, AUC-PR of the scores, alerts (episodes opened), false alarms
+Reports, per data set: flag metrics, AUC-PR of the scores, alerts (pages), false alarms
 after a labelled anomaly has ended (recovery); SKAB's anomaly-free file (false alarms only); NAB's
 standard-profile score on alerts; and synthetic stress streams (flat, noise, one extreme spike, a
 step that stays, a step that returns).

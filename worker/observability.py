@@ -20,7 +20,8 @@ class Metrics:
         self.events = Counter("ae_events", "Events scored (dead letters are counted apart)", ["topic"],
                               registry=r)
         self.anomalies = Counter("ae_anomalies", "Anomalies published", ["topic"], registry=r)
-        self.alerts = Counter("ae_alerts", "Episodes opened (the first flagged event of a key after a quiet period)",
+        self.alerts = Counter("ae_alerts", "Pages: episodes opened (the first flagged event of a key after a quiet "
+                              "period) and runs of flags that came back escalate times bigger inside one",
                               ["topic"], registry=r)
         self.episodes_closed = Counter("ae_episodes_closed", "Episodes closed after their quiet period", ["topic"],
                                        registry=r)

@@ -123,7 +123,7 @@ class RunSummary:
             f"rows: {self.rows}  scored: {self.scored}  invalid: {self.invalid}  "
             f"judged after warm-up: {self.live}",
             f"anomalies: {self.anomalies} ({100 * d['anomaly_rate']:.2f}% of judged events) "
-            f"in {len(self.segments)} segment(s); alerts (episodes opened): {self.episodes}"
+            f"in {len(self.segments)} segment(s); alerts (pages: episodes opened or escalated): {self.episodes}"
             + (f"; new normal accepted: {self.regime_changes}" if self.regime_changes else ""),
         ]
         shown = ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b in self.segments[:12])

@@ -93,10 +93,13 @@ class DetectorSettings(BaseModel):
     threshold_margin: float = Field(1.5, gt=0, description="multiplier of that quantile (rule quantile)")
     threshold_k: float = Field(4.0, gt=0, description="threshold = (mean + k*std)^3 of cube-rooted normal scores")
     threshold_window: int = Field(4096, ge=1, description="events the threshold statistics cover")
-    episode_quiet: int = Field(20, ge=1, description="events of a key without a flag that close its episode")
+    episode_quiet: int = Field(100, ge=1, description="events of a key without a flag that close its episode")
     episode_hold: OptionalFloat = Field(None, gt=0, le=1, description="while a key's episode is open (and not "
                                        "accepted), its events stay flagged down to this share of the threshold "
                                        "(hysteresis: a fault whose score dips stays one run of flags; none = off)")
+    escalate: OptionalFloat = Field(4.0, gt=1, description="a run of flags that comes back inside a key's open "
+                                    "episode pages again (alert) when its score reaches this many times the "
+                                    "episode's earlier peak (a real fault after a blip; none = one page per episode)")
     adapt_after: OptionalInt = Field(300, ge=1, description="an episode still open after this many events of "
                                      "its key is accepted as a new normal and learned (none = never)")
     accept_plateau: OptionalInt = Field(120, ge=2, description="an episode whose last this many events were all "
