@@ -517,3 +517,19 @@ def test_an_accepted_episode_does_not_page_again_and_a_restored_one_still_escala
     second.load_state(orjson.loads(orjson.dumps(first.state())))
     rest = second.update(scores[3:] > 5, scores[3:], None).alert
     assert np.concatenate([part, rest]).tolist() == expected.tolist() == [1, 0, 0, 1, 0, 1]
+
+
+def test_a_fault_that_begins_while_a_blips_episode_is_open_still_pages() -> None:
+    """A 3-event blip of 6 noise spreads, then, 50 events later (inside the quiet period, so in
+    the blip's episode), a fault of 8 on two channels: by default it pages on its own within a
+    few events; with ``escalate`` none the blip's page is the only one. Three seeds."""
+    for seed in (1, 2, 3):
+        X = np.random.default_rng(seed).normal(size=(EVENTS, 4))
+        X[MIDDLE:MIDDLE + 3, 0] += 6.0
+        X[MIDDLE + 50:MIDDLE + 150, :2] += 8.0
+        paged = AutoencoderDetector(DetectorConfig(n_channels=4)).process_many(X)
+        assert paged.episode[MIDDLE + 60] == paged.episode[MIDDLE + 1]  # one episode
+        pages = np.flatnonzero(paged.alert[MIDDLE:MIDDLE + 150]).tolist()
+        assert len(pages) == 2 and pages[0] <= 2 and 50 <= pages[1] <= 55, pages
+        once = AutoencoderDetector(DetectorConfig(n_channels=4, escalate=None)).process_many(X)
+        assert np.flatnonzero(once.alert[MIDDLE:MIDDLE + 150]).tolist() == pages[:1]
