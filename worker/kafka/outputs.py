@@ -70,16 +70,17 @@ def anomaly_record(topic: str, msg: Any, event: ParsedEvent, record: dict[str, A
                    channels: tuple[str, ...], limits: RecordLimits = DEFAULT_LIMITS) -> Outgoing:
     """One record on the output topic for the decision ``record`` about input record ``msg``."""
     kind = output_kind(record)
+    timestamp = event.timestamp
     payload = {
         "type": kind,
         "key": event.key,
-        "timestamp": event.timestamp,
+        "timestamp": timestamp,
         **record,
         "readings": dict(zip(channels, event.values)),
         "source": {"topic": msg.topic, "partition": msg.partition, "offset": msg.offset},
     }
     del payload["is_anomaly"]
-    unreadable = event.unreadable_record_time
+    unreadable = event.unreadable_record_time if timestamp is None else None  # (formats once, not twice)
     if unreadable is not None:  # a record time no date-time can show: kept as it came
         payload["record_timestamp_ms"] = unreadable
     headers = [("content-type", b"application/json"), ("ae-type", kind.encode()),
