@@ -90,7 +90,8 @@ def restore_detector(state: dict[str, Any]) -> AutoencoderDetector:
         config = state["config"]
         if state["version"] < 5:  # saved before the density signal: the detector had none
             config = {**config, "density_weight": 0.0}
-        config = {"episode_hold": None, "alert_budget": None, "slow_smoothing": None, **config}  # saved before these
+        config = {"episode_hold": None, "alert_budget": None, "slow_smoothing": None, "escalate": None,
+                  **config}  # saved before these: the detector ran without them
         det = AutoencoderDetector(DetectorConfig.from_dict(config))
         det.module.load_state_dict(state["module"])
         det.optimizer.load_state_dict(state["optimizer"])

@@ -96,7 +96,8 @@ def test_version_2_checkpoints_still_restore_and_continue_identically() -> None:
     det = AutoencoderDetector(config("window", slow_smoothing=None))
     det.process_many(correlated(300, 2), np.array(["a", "b"] * 150))
     state = detector_state(det)
-    for later in ("density_weight", "density_k", "episode_hold", "alert_budget", "slow_smoothing", "decorrelate"):
+    for later in ("density_weight", "density_k", "episode_hold", "alert_budget", "slow_smoothing", "decorrelate",
+                  "escalate"):
         del state["config"][later]
     state["version"] = 2  # version 2 kept a tensor per key and no last-seen counts
     state["windows"] = {k: torch.from_numpy(v.copy()) for k, v in det.windows.history.items()}
@@ -104,7 +105,8 @@ def test_version_2_checkpoints_still_restore_and_continue_identically() -> None:
     del state["keys"], state["pending_accepted"]
     twin = restore_detector(copy.deepcopy(state))  # as from bytes: no tensor shared with det
     # saved before these settings: restored without them, not with today's defaults
-    assert (twin.config.episode_hold, twin.config.alert_budget, twin.config.slow_smoothing) == (None, None, None)
+    assert (twin.config.episode_hold, twin.config.alert_budget, twin.config.slow_smoothing,
+            twin.config.escalate) == (None, None, None, None)
     nxt, keys = correlated(130, 2, seed=9), np.array(["a", "b"] * 65)
     np.testing.assert_array_equal(det.process_many(nxt, keys).score, twin.process_many(nxt, keys).score)
 
