@@ -133,11 +133,12 @@ class EpisodeTracker:
             ep.age += 1
             if flag:
                 score = float(scores[i])
-                if self.escalate is not None and ep.quiet and not ep.accepted:  # a run comes back
-                    ep.escalate_at = self.escalate * ep.peak_score
-                if score >= ep.escalate_at and not ep.accepted:
-                    out.alert[i] = True
-                    ep.escalate_at = math.inf
+                if self.escalate is not None and not ep.accepted:
+                    if ep.quiet:  # a run comes back
+                        ep.escalate_at = self.escalate * ep.peak_score
+                    if score >= ep.escalate_at:
+                        out.alert[i] = True
+                        ep.escalate_at = math.inf
                 ep.quiet = 0
                 ep.flagged += 1
                 ep.last_flag_age = ep.age

@@ -508,11 +508,12 @@ def test_an_accepted_episode_does_not_page_again_and_a_restored_one_still_escala
     accepted = EpisodeTracker(quiet=5, adapt_after=3, escalate=2.0).update(scores > 5, scores, None)
     assert accepted.accepted.tolist() == [0, 0, 1, 0, 0] and accepted.alert.sum() == 1
 
+    def tracker() -> EpisodeTracker:
+        return EpisodeTracker(quiet=5, adapt_after=None, escalate=4.0)
+
     scores = np.array([6, 0, 7, 30, 0, 200], dtype=float)
-    whole = EpisodeTracker(quiet=5, adapt_after=None, escalate=4.0)
-    expected = whole.update(scores > 5, scores, None).alert
-    first, second = EpisodeTracker(quiet=5, adapt_after=None, escalate=4.0), EpisodeTracker(
-        quiet=5, adapt_after=None, escalate=4.0)
+    expected = tracker().update(scores > 5, scores, None).alert
+    first, second = tracker(), tracker()
     part = first.update(scores[:3] > 5, scores[:3], None).alert  # stopped inside the returning run
     second.load_state(orjson.loads(orjson.dumps(first.state())))
     rest = second.update(scores[3:] > 5, scores[3:], None).alert
