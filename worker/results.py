@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 
 from ae_core import BatchResult
 from ae_core.episodes import ClosedEpisode
@@ -48,6 +49,48 @@ def result_records(res: BatchResult, channels: tuple[str, ...], rows: np.ndarray
         if res.regime_change[row]:
             records[at]["regime_change"] = True
     return records
+
+
+def result_lines(res: BatchResult, channels: tuple[str, ...], leading: dict[str, list[Any]] | None = None
+                 ) -> list[bytes]:
+    """Every event's record of :func:`result_records` as one line of JSON, the same bytes as
+    ``orjson.dumps`` of that record, at about a third of the cost (replay writes one per event):
+    each column is serialised in one orjson call and cut into its values, and the lines are
+    filled into one template. The few events that close an episode or accept a new normal
+    carry more keys and go through :func:`result_records`."""
+    k = res.top_channels.shape[1]
+    opening = [b'{"channel":' + orjson.dumps(name) + b',"share":' for name in channels]
+    shares = _encoded(np.round(res.top_shares, 4).ravel().tolist())
+    items = [opening[c] + share + b"}" for c, share in zip(res.top_channels.ravel().tolist(), shares)]
+    columns = {
+        **{name: _encoded(values) for name, values in (leading or {}).items()},
+        "score": _encoded(res.score.tolist()),  # (orjson writes NaN, warm-up's score, as null)
+        "reconstruction_error": _encoded(res.error.tolist()),
+        "threshold": _encoded(res.threshold.tolist()),
+        "is_anomaly": _encoded(res.is_anomaly.tolist()),
+        "alert": _encoded(res.alert.tolist()),
+        "episode": [b"null" if e == b"-1" else e for e in _encoded(res.episode.tolist())],
+        "contributions": [b"[" + b",".join(items[i:i + k]) + b"]" for i in range(0, len(items), k)],
+    }
+    if res.latent is not None:
+        columns["latent"] = _encoded(res.latent.tolist())
+    template = b"{" + b",".join(orjson.dumps(name) + b":%b" for name in columns) + b"}"
+    lines = list(map(template.__mod__, zip(*columns.values())))
+    marked = sorted({*res.closed, *np.flatnonzero(res.regime_change).tolist()})
+    if marked:
+        picked = {name: [values[i] for i in marked] for name, values in (leading or {}).items()}
+        for i, record in zip(marked, result_records(res, channels, np.asarray(marked), leading=picked)):
+            lines[i] = orjson.dumps(record)
+    return lines
+
+
+def _encoded(values: list[Any]) -> list[bytes]:
+    """Each value as JSON: one orjson call for the list, cut at its commas when no value holds
+    one (then there are exactly one fewer commas than values); else a call per value."""
+    if not values:
+        return []
+    parts = orjson.dumps(values)[1:-1].split(b",")
+    return parts if len(parts) == len(values) else [orjson.dumps(value) for value in values]
 
 
 def episode_summary(closed: ClosedEpisode) -> dict[str, Any]:

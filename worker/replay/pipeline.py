@@ -8,12 +8,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 
 from ae_core import AutoencoderDetector
 from worker.errors import InputFormatError
 from worker.replay.sinks import JsonLinesSink
 from worker.replay.sources import Recording, RowBatch
-from worker.results import RunSummary, result_records
+from worker.results import RunSummary, result_lines
 from worker.settings import DetectorSettings
 
 logger = logging.getLogger(__name__)
@@ -81,14 +82,19 @@ class Replay:
             leading["key"] = batch.keys
         if batch.labels is not None:
             leading["label"] = batch.labels.tolist()
-        records = result_records(res, channels, leading=leading)
         invalid = [{"index": index, "invalid": reason, "raw": raw} for index, reason, raw in batch.bad]
         for item in invalid:
             summary.add_invalid(item["invalid"])
         self.errors.write_many(invalid)
-        self.sink.write_many(sorted(records + [{"index": r["index"], "invalid": r["invalid"]} for r in invalid],
-                                    key=lambda r: r["index"]) if invalid else records)
-        summary.rows += len(records) + len(invalid)
+        if self.sink.writes:
+            lines = result_lines(res, channels, leading=leading)
+            if invalid:  # in the recording's order, each invalid row where it stood
+                marks = [orjson.dumps({"index": r["index"], "invalid": r["invalid"]}) for r in invalid]
+                lines = [line for _, line in sorted([*zip(leading["index"], lines),
+                                                     *zip((r["index"] for r in invalid), marks)],
+                                                    key=lambda pair: pair[0])]
+            self.sink.write_lines(lines)
+        summary.rows += len(res) + len(invalid)
         summary.add(batch.index, res, channels, batch.labels)
         if self.trace is not None:
             self.trace.index.append(batch.index)

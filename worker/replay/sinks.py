@@ -17,13 +17,14 @@ class JsonLinesSink:
     ``lazy``: the file is made at the first row, so a run without such rows leaves none (an older
     file of that name is removed, as opening it would have emptied it)."""
 
+    writes = True  # (a NullSink does not)
+
     def __init__(self, path: str | Path | None, stream: IO[str] | None = None, lazy: bool = False) -> None:
         self.path = None if path in (None, "-") else Path(path)  # type: ignore[arg-type]
         self.stream = stream
         self.lazy = lazy
         self._fh: IO[bytes] | None = None
         self._entered = False
-        self.count = 0
 
     @property
     def name(self) -> str:
@@ -61,32 +62,26 @@ class JsonLinesSink:
         self._entered = False
 
     def write_many(self, rows: list[dict[str, Any]]) -> None:
-        assert self._entered, "use the sink as a context manager"
         if rows:
-            if self._fh is None:
-                self._open()
-            assert self._fh is not None
-            self._fh.write(json_lines(rows))
-            self.count += len(rows)
+            self._write(b"".join(orjson.dumps(row, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n" for row in rows))
 
+    def write_lines(self, lines: list[bytes]) -> None:
+        """Lines already serialised (one JSON object each, without the line break)."""
+        if lines:
+            self._write(b"\n".join(lines) + b"\n")
 
-def json_lines(rows: list[dict[str, Any]]) -> bytes:
-    """One JSON object per line. Rows that all begin with the same key (replay's ``index``) are
-    serialised in one orjson call (a call per row cost 4x as much) and the array cut where a row
-    ends and the next begins, at ``},{"<key>":``. A JSON string never holds an unescaped quote, so
-    only an object's start can match; each boundary does, and the cut is taken only when nothing
-    else does (a nested object beginning with that key would): else one call per row."""
-    first = next(iter(rows[0]), None)
-    if isinstance(first, str) and all(rows) and all(map(first.__eq__, map(next, map(iter, rows)))):
-        opening = orjson.dumps(first) + b":"
-        inner = orjson.dumps(rows, option=orjson.OPT_SERIALIZE_NUMPY)[1:-1]
-        if inner.count(b"},{" + opening) == len(rows) - 1:
-            return inner.replace(b"},{" + opening, b"}\n{" + opening) + b"\n"
-    return b"\n".join([orjson.dumps(row, option=orjson.OPT_SERIALIZE_NUMPY) for row in rows]) + b"\n"
+    def _write(self, data: bytes) -> None:
+        assert self._entered, "use the sink as a context manager"
+        if self._fh is None:
+            self._open()
+        assert self._fh is not None
+        self._fh.write(data)
 
 
 class NullSink(JsonLinesSink):
-    """Counts rows and writes nothing (evaluation, benchmarks)."""
+    """Writes nothing (evaluation, benchmarks): a replay into it does not build the lines."""
+
+    writes = False
 
     def __init__(self) -> None:
         super().__init__(None)
@@ -102,4 +97,7 @@ class NullSink(JsonLinesSink):
         return None
 
     def write_many(self, rows: list[dict[str, Any]]) -> None:
-        self.count += len(rows)
+        return None
+
+    def write_lines(self, lines: list[bytes]) -> None:
+        return None
