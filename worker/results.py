@@ -26,23 +26,14 @@ def result_records(res: BatchResult, channels: tuple[str, ...], rows: np.ndarray
     # every event's dicts in one pass, then cut a list per event (half the cost of a pass per event)
     flat = [{"channel": n, "share": s} for n, s in zip(names[res.top_channels[pick]].ravel().tolist(),
                                                           np.round(res.top_shares[pick], 4).ravel().tolist())]
-    contributions = [flat[i:i + k] for i in range(0, len(flat), k)]
-    columns: dict[str, list[Any]] = {
-        **(leading or {}),
-        "score": _nan_to_none(res.score[pick].tolist()),
-        "reconstruction_error": res.error[pick].tolist(),
-        "threshold": _nan_to_none(res.threshold[pick].tolist()),
-        "is_anomaly": res.is_anomaly[pick].tolist(),
-        "alert": res.alert[pick].tolist(),
-        "episode": [None if e < 0 else e for e in res.episode[pick].tolist()],
-        "contributions": contributions,
-    }
+    columns = _columns(res, pick, leading)
+    columns["contributions"] = [flat[i:i + k] for i in range(0, len(flat), k)]
     if res.latent is not None:
         columns["latent"] = res.latent[pick].tolist()
     keys = list(columns)
     records = [dict(zip(keys, values)) for values in zip(*columns.values())]
-    marked = np.flatnonzero(np.isin(pick, [*res.closed, *np.flatnonzero(res.regime_change).tolist()]))
-    for at, row in zip(marked.tolist(), pick[marked].tolist()):  # (the few events that close or accept)
+    marked = np.flatnonzero(np.isin(pick, _marked_rows(res)))
+    for at, row in zip(marked.tolist(), pick[marked].tolist()):
         closed = res.closed.get(row)
         if closed is not None:
             records[at]["episode_closed"] = episode_summary(closed)
@@ -62,26 +53,37 @@ def result_lines(res: BatchResult, channels: tuple[str, ...], leading: dict[str,
     opening = [b'{"channel":' + orjson.dumps(name) + b',"share":' for name in channels]
     shares = _encoded(np.round(res.top_shares, 4).ravel().tolist())
     items = [opening[c] + share + b"}" for c, share in zip(res.top_channels.ravel().tolist(), shares)]
-    columns = {
-        **{name: _encoded(values) for name, values in (leading or {}).items()},
-        "score": _encoded(res.score.tolist()),  # (orjson writes NaN, warm-up's score, as null)
-        "reconstruction_error": _encoded(res.error.tolist()),
-        "threshold": _encoded(res.threshold.tolist()),
-        "is_anomaly": _encoded(res.is_anomaly.tolist()),
-        "alert": _encoded(res.alert.tolist()),
-        "episode": [b"null" if e == b"-1" else e for e in _encoded(res.episode.tolist())],
-        "contributions": [b"[" + b",".join(items[i:i + k]) + b"]" for i in range(0, len(items), k)],
-    }
+    columns = {name: _encoded(values) for name, values in _columns(res, slice(None), leading).items()}
+    columns["contributions"] = [b"[" + b",".join(items[i:i + k]) + b"]" for i in range(0, len(items), k)]
     if res.latent is not None:
         columns["latent"] = _encoded(res.latent.tolist())
     template = b"{" + b",".join(orjson.dumps(name) + b":%b" for name in columns) + b"}"
     lines = list(map(template.__mod__, zip(*columns.values())))
-    marked = sorted({*res.closed, *np.flatnonzero(res.regime_change).tolist()})
+    marked = _marked_rows(res)
     if marked:
         picked = {name: [values[i] for i in marked] for name, values in (leading or {}).items()}
         for i, record in zip(marked, result_records(res, channels, np.asarray(marked), leading=picked)):
             lines[i] = orjson.dumps(record)
     return lines
+
+
+def _columns(res: BatchResult, pick: np.ndarray | slice, leading: dict[str, list[Any]] | None) -> dict[str, list[Any]]:
+    """A record's fields up to its contributions, in their order: one list per field, a value
+    per picked event."""
+    return {
+        **(leading or {}),
+        "score": _nan_to_none(res.score[pick].tolist()),
+        "reconstruction_error": res.error[pick].tolist(),
+        "threshold": _nan_to_none(res.threshold[pick].tolist()),
+        "is_anomaly": res.is_anomaly[pick].tolist(),
+        "alert": res.alert[pick].tolist(),
+        "episode": [None if e < 0 else e for e in res.episode[pick].tolist()],
+    }
+
+
+def _marked_rows(res: BatchResult) -> list[int]:
+    """The rows whose record has more fields: those that close an episode or accept a new normal."""
+    return sorted({*res.closed, *np.flatnonzero(res.regime_change).tolist()})
 
 
 def _encoded(values: list[Any]) -> list[bytes]:
