@@ -325,9 +325,18 @@ class AutoencoderDetector(AnomalyDetector):
     def _finish_batch(self) -> None:
         # The network and scaler learn the events that were not flagged, and those of an episode
         # accepted as a new normal: an anomaly does not teach the model that it is normal. The
-        # score statistics and the threshold learn only unflagged events, so an accepted shift
-        # stops being flagged once the network reconstructs it, not because the bar was raised.
+        # smoothed residuals' statistics and the threshold learn only unflagged events, so an
+        # accepted shift stops being flagged once the network reconstructs it, not because the
+        # bar was raised. The residuals' own spread (step 1 of the score) learns an accepted
+        # episode's events too once the network has caught up with them (mini-batches after the
+        # one that accepted it): a channel that was constant until then has a residual spread at
+        # the floor, and how well the network reconstructs its new normal is learned from nothing
+        # else, since every event of it is flagged against that floor (a binary channel that
+        # starts toggling stayed flagged for as long as it toggled).
         normal = ~self.pending_flag
+        settled = normal
+        if not self.pending_accepted and not self.config.learn_on_anomalies:
+            settled = normal | self.pending_learn
         self._learn(self.pending_x[self.pending_learn])
         if self.pending_accepted and not self.config.learn_on_anomalies:
             # A new normal accepted in this mini-batch, its events still flagged: the network is
@@ -337,7 +346,7 @@ class AutoencoderDetector(AnomalyDetector):
             if len(adapting):
                 self._fit(np.concatenate([adapting, self._remembered()]), self.config.adapt_steps)
         self.pending_accepted = False
-        self.scorer.learn_many(self.pending_residual[normal], self.pending_smoothed[normal])
+        self.scorer.learn_many(self.pending_residual[settled], self.pending_smoothed[normal])
         judged = ~np.isnan(self.pending_score)
         limit = self._limit()
         if self.threshold.censored and limit is not None:

@@ -181,6 +181,8 @@ class ResidualScorer:
         return score
 
     def learn_many(self, residuals: np.ndarray, smoothed: np.ndarray) -> None:
+        """Learn the residuals (step 1) and the smoothed residuals (step 3) of normal events; the
+        two may be of different events (see :meth:`AutoencoderDetector._finish_batch`)."""
         self.raw.learn_many(residuals)
         self.normal.learn_many(smoothed)
         if self.correlation is not None:
