@@ -13,9 +13,10 @@ class OnlineScaler:
     """Per-feature scaling whose statistics follow the stream, one learned mini-batch at a time.
 
     ``standard``: ``(x - mean) / std`` with the running mean and sample variance of each
-    feature, updated exactly as :meth:`river.stats.Var.update_many` does (Welford/Chan), but
-    for all features in one numpy operation (``tests/test_scaling_threshold_windowing.py`` checks
-    they agree). ``minmax``: ``(x - min) / (max - min)`` clipped to [0, 1], as the sigmoid output needs.
+    feature, the values :meth:`river.stats.Var.update_many` gives, for all features in one numpy
+    operation and merged as Chan et al. do, so that a channel far from zero keeps its spread
+    (``tests/test_scaling_threshold_windowing.py`` checks both). ``minmax``:
+    ``(x - min) / (max - min)`` clipped to [0, 1], as the sigmoid output needs.
 
     Robustness, both off by default:
 
@@ -53,10 +54,15 @@ class OnlineScaler:
         m = len(X)
         kept = self.n if self.horizon is None else min(self.n, max(self.horizon - m, 0))
         old_m2 = self.m2 * (kept / self.n) if self.n > 0 else self.m2
-        old_mean = self.mean
+        # Chan's merge of the batch's own mean and squared deviations, any weight kept. (The
+        # one-pass form, sum((x - old_mean) * (x - new_mean)), cancels catastrophically on the
+        # first batch of a channel far from 0: readings of 1e6 with a spread of 1e-3 came out
+        # with no spread at all, and of 1e9 with a spread of 5.)
+        batch_mean = X.mean(axis=0)
+        delta = batch_mean - self.mean
         self.n = kept + m
-        self.mean = old_mean + (X - old_mean).sum(axis=0) / self.n
-        self.m2 = old_m2 + ((X - old_mean) * (X - self.mean)).sum(axis=0)  # Chan's merge, any weight kept
+        self.mean = self.mean + delta * (m / self.n)
+        self.m2 = old_m2 + np.square(X - batch_mean).sum(axis=0) + np.square(delta) * (kept * m / self.n)
 
     def transform(self, X: np.ndarray) -> np.ndarray:
         shift, scale, low, high = self.affine()

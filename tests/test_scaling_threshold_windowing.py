@@ -28,6 +28,19 @@ def test_standard_scaler_matches_river_var_per_feature() -> None:
         assert scaler.std[j] == pytest.approx(var.get() ** 0.5)
 
 
+@pytest.mark.parametrize("offset", [1e6, 1e9])
+def test_standard_scaler_keeps_the_spread_of_a_channel_far_from_zero(offset: float) -> None:
+    """Readings of 1e6 varying by 1e-3 (a meter's running total, a pressure in pascals): the
+    one-pass update river's Var uses cancels on the first batch (at 1e6 no spread was left, and a
+    constant's spread of 1 was used; at 1e9 a spread of 5)."""
+    X = np.random.default_rng(0).normal(offset, 1e-3, size=(2000, 2))
+    scaler = OnlineScaler(2, "standard", clip=20.0, horizon=10_000)
+    for start in range(0, len(X), 256):
+        scaler.learn_many(X[start:start + 256])
+    assert scaler.std == pytest.approx(X.std(axis=0, ddof=1), rel=1e-4)
+    assert scaler.mean == pytest.approx(X.mean(axis=0), rel=1e-12)
+
+
 def test_constant_features_and_unseen_values_stay_finite() -> None:
     for kind in ("standard", "minmax"):
         scaler = OnlineScaler(2, kind)
