@@ -38,10 +38,11 @@ FORMAT = "ae-worker/detector"
 # summaries exactly as held (a restore was off in the last bits); 5: the density signal (its column
 # in the residual statistics); 6: the channels' correlation (decorrelate); 7: whether a new normal
 # was accepted in the pending mini-batch (its catch-up steps); 8: the evidence for each shrinkage
-# of the correlation; 9: where an open episode's returning run pages again (escalate); 2 to 8 are
-# still read, as detectors without the signals they did not have
-VERSION = 9
-READABLE = (2, 3, 4, 5, 6, 7, 8, 9)
+# of the correlation; 9: where an open episode's returning run pages again (escalate); 10: the
+# alert budget's account of alerts raised and events judged; 2 to 9 are still read, as detectors
+# without the signals they did not have (a budget's account starting afresh)
+VERSION = 10
+READABLE = (2, 3, 4, 5, 6, 7, 8, 9, 10)
 
 
 def detector_state(det: AutoencoderDetector, metadata: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -74,6 +75,7 @@ def detector_state(det: AutoencoderDetector, metadata: dict[str, Any] | None = N
         "episodes": det.episodes.state(),
         "regime_changes": det.regime_changes,
         "pending_accepted": det.pending_accepted,
+        "pending_alerts": det.pending_alerts,
         "events_seen": det.events_seen,
         "batches_learned": det.batches_learned,
         "last_loss": det.last_loss,
@@ -118,6 +120,7 @@ def restore_detector(state: dict[str, Any]) -> AutoencoderDetector:
         det.regime_changes = int(state["regime_changes"])
         # (versions before 7 caught up in every mini-batch of an accepted episode, and kept no mark)
         det.pending_accepted = bool(state.get("pending_accepted", False))
+        det.pending_alerts = int(state.get("pending_alerts", 0))  # (versions before 10 kept no account)
         det.events_seen = int(state["events_seen"])
         det.batches_learned = int(state["batches_learned"])
         det.last_loss = state["last_loss"]

@@ -139,6 +139,7 @@ class AutoencoderDetector(AnomalyDetector):
         state.setdefault("_reference_codes", None)  # (caches a pickle made before them lacks)
         state.setdefault("_warned_foreign", False)
         state.setdefault("pending_accepted", False)  # (a pickle from before the catch-up mark)
+        state.setdefault("pending_alerts", 0)
         self.__dict__.update(state)
 
     @classmethod
@@ -194,6 +195,7 @@ class AutoencoderDetector(AnomalyDetector):
         self.pending_learn = np.zeros(0, dtype=bool)
         self.regime_changes = 0
         self.pending_accepted = False  # a new normal was accepted in the pending mini-batch
+        self.pending_alerts = 0  # alerts raised in the pending mini-batch (the alert budget's account)
         self.events_seen = 0
         self.batches_learned = 0
         self.last_loss: float | None = None
@@ -306,6 +308,7 @@ class AutoencoderDetector(AnomalyDetector):
             self.pending_accepted = True
             logger.info("accepting a new normal in episode(s) %s (open adapt_after=%s events, or settled on a "
                         "plateau)", episodes.episode[episodes.accepted].tolist(), c.adapt_after)
+        self.pending_alerts += int(episodes.alert.sum())
         top, shares = self._contributions(channel_deviations)
         self.pending_x = np.concatenate([self.pending_x, X])
         self.pending_residual = np.concatenate([self.pending_residual, residuals])
@@ -348,6 +351,9 @@ class AutoencoderDetector(AnomalyDetector):
         self.pending_accepted = False
         self.scorer.learn_many(self.pending_residual[settled], self.pending_smoothed[normal])
         judged = ~np.isnan(self.pending_score)
+        if isinstance(self.threshold, SpotThreshold):
+            self.threshold.record(self.pending_alerts, int(judged.sum()))
+        self.pending_alerts = 0
         limit = self._limit()
         if self.threshold.censored and limit is not None:
             # every pending event was judged against the same limit (it changes only here)

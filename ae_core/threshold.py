@@ -148,6 +148,15 @@ MIN_SCORES = 200
 SHAPE_BOUNDS = (-0.5, 0.45)
 
 
+# The alert budget's own account (see SpotThreshold): alerts and judged events, forgotten over
+# about BUDGET_HORIZON events; it starts as if BUDGET_PRIOR of that horizon had paged at the budget,
+# and it never takes the risk below BUDGET_FLOOR of the fitted one, so that an incident's pages
+# tighten the threshold for a while, by a bounded amount, and never blind it.
+BUDGET_HORIZON = 20_000
+BUDGET_PRIOR = 0.05
+BUDGET_FLOOR = 1 / 8
+
+
 class SpotThreshold:
     """The score that normal events exceed with probability ``risk`` (streaming peaks over
     threshold, SPOT: Siffer et al., KDD 2017) over the last ``window`` normal scores.
@@ -165,7 +174,13 @@ class SpotThreshold:
     person, not in flagged events: smoothed scores cross a level in clusters, and an alert is one
     cluster. The risk is the budget divided by the *extremal index* of the recent scores (the
     share of exceedances that begin a cluster, :func:`extremal_index`, with clusters apart by more
-    than ``run`` events as episodes are), so that clusters x their rate is the budget.
+    than ``run`` events as episodes are), so that clusters x their rate is the budget. The fitted
+    tail and the index only approximate what pages: the tail is fitted to censored scores, the
+    level's exceedances come more often than its risk as the scores drift, and the index is taken
+    below the threshold, where clusters are longer; on white noise these made 3 times the budget.
+    So the threshold also keeps its own account (:meth:`record`): the alerts the detector raised and
+    the events it judged, forgotten over ``BUDGET_HORIZON`` events, and the risk is scaled by the
+    budget's share of the alerts (never above the fitted risk, never below ``BUDGET_FLOOR`` of it).
 
     It learns every judged score, a flagged one *censored* at the threshold that flagged it
     (``censored``): learning unflagged scores only would cut off the very tail being fitted, each
@@ -186,6 +201,29 @@ class SpotThreshold:
         self._scores: deque[float] = deque(maxlen=window)
         self._value: float | None = None
         self._stale = True
+        self.alerts = 0.0  # the budget's account: alerts and judged events, both forgotten alike
+        self.events = 0.0
+
+    def record(self, alerts: int, events: int) -> None:
+        """Count a mini-batch's alerts and judged events into the budget's account."""
+        if self.alert_budget is None or events == 0:
+            return
+        kept = math.exp(-events / BUDGET_HORIZON)
+        # counted as if raised at the fitted risk: with the calibration in force while they came
+        # (it changes only here), alerts / calibration. Raw counts would settle where the alerts
+        # are sqrt(excess) times the budget (1.6 on white noise), not at it.
+        self.alerts = self.alerts * kept + alerts / self.calibration()
+        self.events = self.events * kept + events
+        self._stale = True
+
+    def calibration(self) -> float:
+        """The budget's alerts over the alerts the fitted risk raises, with the prior's
+        pseudo-events at the budget's rate on both sides, within ``[BUDGET_FLOOR, 1]``."""
+        if self.alert_budget is None:
+            return 1.0
+        prior = BUDGET_PRIOR * BUDGET_HORIZON * self.alert_budget
+        allowed = self.alert_budget * self.events + prior
+        return min(1.0, max(BUDGET_FLOOR, allowed / (self.alerts + prior)))
 
     def update_many(self, scores: np.ndarray) -> None:
         if len(scores) == 0:
@@ -209,17 +247,22 @@ class SpotThreshold:
             return self.fallback.get()
         if self._stale:
             scores = np.fromiter(self._scores, dtype=np.float64, count=len(self._scores))
-            risk = self.risk if self.alert_budget is None else budget_risk(scores, self.alert_budget, self.run)
+            risk = (self.risk if self.alert_budget is None
+                    else budget_risk(scores, self.alert_budget, self.run) * self.calibration())
             self._value = spot_level(scores, risk)
             self._stale = False
         return self._value
 
     def state(self) -> dict[str, object]:
-        return {"scores": list(self._scores), "fallback": self.fallback.state()}
+        return {"scores": list(self._scores), "fallback": self.fallback.state(), "alerts": self.alerts,
+                "events": self.events}
 
     def load_state(self, saved: dict[str, object]) -> None:
         self._scores = deque(saved["scores"], maxlen=self.window)  # type: ignore[call-overload]
         self.fallback.load_state(saved["fallback"])  # type: ignore[arg-type]
+        # (checkpoints before version 10 kept no account: it starts from the prior)
+        self.alerts = float(saved.get("alerts", 0.0))  # type: ignore[arg-type]
+        self.events = float(saved.get("events", 0.0))  # type: ignore[arg-type]
         self._stale = True
 
 

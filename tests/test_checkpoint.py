@@ -127,6 +127,23 @@ def test_a_version_7_decorrelated_checkpoint_restores_with_the_least_shrinkage_u
     assert np.abs(twin.scorer.correlation.evidence).sum() > 0  # and it learns evidence from there on
 
 
+def test_a_version_9_alert_budget_checkpoint_restores_with_a_fresh_account() -> None:
+    """Before version 10 the alert budget kept no account of its alerts: such a snapshot restores
+    with the account starting afresh (the prior alone), the scores it holds as they were."""
+    det = AutoencoderDetector(config("spot-alert-budget"))
+    channels = det.config.n_channels
+    det.process_many(correlated(700, channels))
+    assert det.threshold.events > 0  # the account runs
+    state = detector_state(det)
+    state["version"] = 9
+    del state["threshold"]["alerts"], state["threshold"]["events"], state["pending_alerts"]
+    twin = restore_detector(copy.deepcopy(state))
+    assert (twin.threshold.alerts, twin.threshold.events, twin.pending_alerts) == (0.0, 0.0, 0)
+    assert list(twin.threshold._scores) == list(det.threshold._scores)
+    twin.process_many(correlated(300, channels, seed=4))
+    assert twin.threshold.events > 0  # and it keeps the account from there on
+
+
 def test_a_restore_between_an_acceptance_and_its_catch_up_continues_identically() -> None:
     """The catch-up steps of a new normal come at the end of the mini-batch that accepted it: a
     snapshot taken in between carries that it is due."""

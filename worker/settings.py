@@ -85,10 +85,10 @@ class DetectorSettings(BaseModel):
         "spot: the score normal events exceed with probability threshold_risk (a fitted extreme-value tail)")
     threshold_risk: float = Field(1e-3, gt=0, lt=1, description="rule spot: the share of normal events expected "
                                   "above the threshold (1e-3: about 10 flagged normal events per 10,000)")
-    alert_budget: OptionalFloat = Field(None, gt=0, lt=5000, description="rule spot: the false alerts (episodes, "
-                                        "what pages a person) expected per 10,000 events of a detector, in place "
-                                        "of threshold_risk (7: about one a day at one event a minute); none = "
-                                        "threshold_risk decides")
+    alert_budget: OptionalFloat = Field(None, gt=0, lt=5000, description="rule spot: the alerts (what pages a "
+                                        "person) allowed per 10,000 events of a detector, in place of threshold_risk "
+                                        "(7: about one a day at one event a minute); the alerts raised are counted "
+                                        "against it; none = threshold_risk decides")
     threshold_quantile: float = Field(0.99, gt=0, lt=1, description="quantile of normal scores (rule quantile)")
     threshold_margin: float = Field(1.5, gt=0, description="multiplier of that quantile (rule quantile)")
     threshold_k: float = Field(4.0, gt=0, description="threshold = (mean + k*std)^3 of cube-rooted normal scores")
