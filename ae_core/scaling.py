@@ -13,8 +13,9 @@ class OnlineScaler:
     """Per-feature scaling whose statistics follow the stream, one learned mini-batch at a time.
 
     ``standard``: ``(x - mean) / std`` with the running mean and sample variance of each
-    feature, the values :meth:`river.stats.Var.update_many` gives, for all features in one numpy
-    operation and merged as Chan et al. do, so that a channel far from zero keeps its spread
+    feature, for all features in one numpy operation: each mini-batch's own mean and squared
+    deviations merged into them (Chan et al.). They equal :meth:`river.stats.Var.update_many`'s
+    on ordinary data; far from zero its one-pass update cancels and this merge does not
     (``tests/test_scaling_threshold_windowing.py`` checks both). ``minmax``:
     ``(x - min) / (max - min)`` clipped to [0, 1], as the sigmoid output needs.
 

@@ -177,7 +177,7 @@ class SpotThreshold:
     than ``run`` events as episodes are), so that clusters x their rate is the budget. The fitted
     tail and the index only approximate what pages: the tail is fitted to censored scores, the
     level's exceedances come more often than its risk as the scores drift, and the index is taken
-    below the threshold, where clusters are longer; on white noise these made 3 times the budget.
+    below the threshold, where clusters are longer; on white noise they made 1.8-3.7 times the budget.
     So the threshold also keeps its own account (:meth:`record`): the alerts the detector raised and
     the events it judged, forgotten over ``BUDGET_HORIZON`` events, and the risk is scaled by the
     budget's share of the alerts (never above the fitted risk, never below ``BUDGET_FLOOR`` of it).
