@@ -54,6 +54,11 @@ def _after(start: int, value: Callable[[np.random.Generator, np.ndarray], np.nda
     return lambda rng, t: np.where(t >= start, value(rng, t), 0.0)
 
 
+def _near_duplicate(X: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    X[:, -1] = 2 * X[:, 0] + 0.01 * rng.normal(size=len(X))  # the last channel twice the first, to 1%
+    return X
+
+
 KINDS: dict[str, Callable[[np.random.Generator, int], np.ndarray]] = {
     "gauss": lambda rng, n: rng.normal(size=(n, CHANNELS)),
     "student-t3": lambda rng, n: rng.standard_t(3, size=(n, CHANNELS)),
@@ -67,8 +72,7 @@ KINDS: dict[str, Callable[[np.random.Generator, int], np.ndarray]] = {
     "off-then-on": _with(_after(1000, lambda rng, t: 5.0 + rng.normal(size=len(t)))),
     "far-from-zero": lambda rng, n: 1e6 + 1e-3 * rng.normal(size=(n, CHANNELS)),
     "counter": _with(lambda rng, t: np.cumsum(rng.poisson(5.0, len(t))).astype(float)),
-    "near-duplicate": lambda rng, n: (lambda X: np.column_stack([X[:, :3], 2 * X[:, 0] + 0.01 * rng.normal(size=n)]))(
-        rng.normal(size=(n, CHANNELS))),
+    "near-duplicate": lambda rng, n: _near_duplicate(rng.normal(size=(n, CHANNELS)), rng),
 }
 
 
