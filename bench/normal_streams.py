@@ -36,6 +36,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ae_core import AutoencoderDetector  # noqa: E402
+from worker.replay.evaluation import longest_run  # noqa: E402
 from worker.settings import DetectorSettings  # noqa: E402
 
 CHANNELS = 4
@@ -74,14 +75,6 @@ KINDS: dict[str, Callable[[np.random.Generator, int], np.ndarray]] = {
     "counter": _with(lambda rng, t: np.cumsum(rng.poisson(5.0, len(t))).astype(float)),
     "near-duplicate": lambda rng, n: _near_duplicate(rng.normal(size=(n, CHANNELS)), rng),
 }
-
-
-def longest_run(flags: np.ndarray) -> int:
-    best = run = 0
-    for flag in flags.tolist():
-        run = run + 1 if flag else 0
-        best = max(best, run)
-    return best
 
 
 def measure(X: np.ndarray, settings: dict[str, str], seed: int) -> tuple[float, float, float, float]:

@@ -27,7 +27,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ae_core import AutoencoderDetector  # noqa: E402
-from worker.replay.evaluation import alert_report, average_precision, best_f1, flag_metrics  # noqa: E402
+from worker.replay.evaluation import (  # noqa: E402
+    alert_report,
+    average_precision,
+    best_f1,
+    flag_metrics,
+    longest_run,
+)
 from worker.replay.pipeline import Replay, Trace  # noqa: E402
 from worker.replay.simulate import STRESS, stress  # noqa: E402
 from worker.replay.sinks import NullSink  # noqa: E402
@@ -224,7 +230,7 @@ def nab(data: Path, detector: DetectorSettings, with_hst: bool) -> dict[str, obj
                "detected": sum(bool(t["flags"][max(a, probation):b + 1].any()) for a, b in spans),
                "false_alerts": int((alerts[probation:] & (labels[probation:] == 0)).sum()),
                "flagged_pct": round(100 * float(t["flags"][probation:].mean()), 2),
-               "longest_run": _longest_run(t["flags"].astype(bool))}
+               "longest_run": longest_run(t["flags"].astype(bool))}
         if labels[probation:].any():
             row["auc_pr"] = average_precision(labels[probation:], t["score"][probation:])
             if with_hst:
@@ -262,14 +268,6 @@ def nab_file_score(flags: np.ndarray, spans: list[tuple[int, int]], probation: i
         else:
             total -= fp_weight
     return total - fn_weight * (len(spans) - len(detected))
-
-
-def _longest_run(flags: np.ndarray) -> int:
-    best = run = 0
-    for f in flags.tolist():
-        run = run + 1 if f else 0
-        best = max(best, run)
-    return best
 
 
 def _scaled_sigmoid(position: float) -> float:

@@ -66,6 +66,15 @@ def episode_metrics(labels: np.ndarray, alerts: np.ndarray) -> dict[str, Any]:
             "median_alert_delay": float(np.median(delays)) if delays else None}
 
 
+def longest_run(flags: np.ndarray) -> int:
+    """The most consecutive flagged events."""
+    best = run = 0
+    for flag in flags.tolist():
+        run = run + 1 if flag else 0
+        best = max(best, run)
+    return best
+
+
 def best_f1(labels: np.ndarray, scores: np.ndarray) -> float:
     """F1 of the best single threshold on the scores: what a decision layer could reach at most."""
     y = np.asarray(labels) > 0.5
